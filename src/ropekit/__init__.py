@@ -1,0 +1,20 @@
+"""ropekit: extend the context window of RoPE-based Hugging Face causal LMs, train them, and prove it works.
+
+Public API::
+
+    import ropekit
+    model, tokenizer = ropekit.load_model("smollm2-135m")      # or a directory, a .gguf file, a hub id
+    ropekit.extend(model, "eabf", target_length="32k")          # or "yarn", "yarn+logscale", "self_extend", ...
+    ropekit.list_methods()                                      # every method, its parameters and defaults
+"""
+
+__version__ = "0.1.0"
+
+from . import methods as _methods  # noqa: E402,F401  (registers every method)
+from .errors import RopekitError  # noqa: E402
+from .extend import describe, extend, restore  # noqa: E402
+from .lengths import parse_length  # noqa: E402
+from .models import load_model, save_model  # noqa: E402
+from .registry import describe_methods as list_methods  # noqa: E402
+
+__all__ = ["RopekitError", "describe", "extend", "list_methods", "load_model", "parse_length", "restore", "save_model", "__version__"]

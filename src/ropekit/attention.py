@@ -1,0 +1,214 @@
+"""Attention-side methods at run time, plugged in through transformers' public ``AttentionInterface``.
+
+ropekit registers one attention function per backend, ``ropekit_sdpa``, ``ropekit_eager`` and
+``ropekit_flex_attention`` (plus a pass-through override of ``flash_attention_2/3``, see :func:`install`). Each
+reads the plan stored in ``module.config.ropekit["attention"]`` and then calls the backend the model used before:
+
+* **Entropy-aware logit scale** (Zhang et al. 2024, arXiv 2401.07004, Eq. 3; reference code GAIR-NLP/Entropy-ABF
+  ``apply_rotary_pos_emb_scale``). The post-RoPE query row of position ``p`` is multiplied by
+  ``t = max(1, ln(p+1) / ln c)`` computed in fp32, so every logit of that row is multiplied by ``t``
+  (``logit_ij = t_i · q_i·k_j / √d``). Only the query is scaled: keys stay unscaled in the KV cache, so cached
+  decoding is exact. ``t`` comes from ``position_ids``, so left padding and packed sequences with position resets
+  get the right factor. Shapes: query ``[B, H, S, D]``, position_ids ``[B or 1, S]``, t ``[B or 1, 1, S, 1]``.
+* **Self-Extend** (Jin et al. 2024, arXiv 2401.01325; reference code datamllab/LongLM ``self_extend_patch``).
+  Keys within ``window`` of the query keep their true relative position; farther keys use grouped positions
+  ``p // G`` for keys and ``p // G + W - W/G`` for queries. RoPE composes (R(a)·R(b) = R(a+b)), so the grouped
+  q/k are obtained by rotating the already-rotated q/k by the position difference; no second pass over the
+  projections is needed. Computed blockwise over queries so the full attention matrix never materialises.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Callable
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .errors import RopekitError
+
+PREFIX = "ropekit_"
+RENAMED_BACKENDS = ("sdpa", "eager", "flex_attention")  # wrapped under a new name "ropekit_<backend>"
+FLASH_BACKENDS = ("flash_attention_2", "flash_attention_3")  # wrapped in place (transformers' FA path keys on the name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The math
+
+
+def logit_scale(position_ids: torch.Tensor, scale_length: int) -> torch.Tensor:
+    """t = max(1, ln(p+1)/ln c) in fp32, same shape as ``position_ids``."""
+    return torch.clamp(torch.log1p(position_ids.float()) / math.log(scale_length), min=1.0)
+
+
+def scale_query(query: torch.Tensor, position_ids: torch.Tensor, scale_length: int) -> torch.Tensor:
+    """Multiply each query row by its t. query ``[B, H, S, D]``; position_ids ``[B or 1, S]``."""
+    t = logit_scale(position_ids, scale_length)[:, None, :, None]
+    return (query.float() * t).to(query.dtype)
+
+
+def default_inv_freq(theta: float, rotary_dim: int, device) -> torch.Tensor:
+    """Plain RoPE frequencies θ^(-2i/d), i < d/2, as transformers' default rope type computes them."""
+    return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float, device=device) / rotary_dim))
+
+
+def rotate_by(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate already-RoPE'd vectors by ``delta`` more positions (rotate-half layout, partial rotary aware).
+
+    x ``[B, H, S, D]``; delta ``[B, S]`` (float); inv_freq ``[d/2]`` with d ≤ D the rotary dimensions.
+    """
+    d = inv_freq.numel() * 2
+    freqs = delta.float()[..., None] * inv_freq  # [B, S, d/2]
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, S, d]
+    cos, sin = emb.cos(), emb.sin()
+    rot, rest = x[..., :d].float(), x[..., d:]
+    half = d // 2
+    rotated = rot * cos + torch.cat((-rot[..., half:], rot[..., :half]), dim=-1) * sin
+    return torch.cat((rotated.to(x.dtype), rest), dim=-1)
+
+
+def _allowed(attention_mask, q_index: slice, batch: int, q_len: int, kv_len: int, device) -> torch.Tensor | None:
+    """The mask as booleans ``[B, 1, q, kv]`` (True = may attend), or None for the plain causal case."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() == 4:
+        m = attention_mask[:, :, q_index]
+        return m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2
+    if attention_mask.dim() == 2:  # flash-style padding mask [B, kv]
+        return attention_mask[:, None, None, :].bool()
+    raise RopekitError(f"self_extend got an attention mask of shape {tuple(attention_mask.shape)}",
+                       "use attn_implementation sdpa or eager with self_extend")
+
+
+def self_extend_attention(module, query, key, value, attention_mask, plan: dict, scaling: float | None = None,
+                          dropout: float = 0.0, softcap: float | None = None, position_ids=None, **_) -> tuple[torch.Tensor, None]:
+    """Self-Extend attention; returns ``([B, S, H, D], None)`` as every transformers attention function does."""
+    if position_ids is None:
+        raise RopekitError("self_extend needs position_ids in the attention call", "use a model architecture ropekit supports")
+    if not isinstance(attention_mask, (torch.Tensor, type(None))):
+        raise RopekitError("self_extend does not support flex_attention block masks", "load the model with attn_implementation='sdpa' or 'eager'")
+    batch, heads, q_len, head_dim = query.shape
+    kv_len = key.shape[2]
+    scaling = scaling if scaling is not None else head_dim ** -0.5
+    q_pos = position_ids.expand(batch, q_len).to(query.device)
+    if q_len > 1 and not bool(((q_pos[:, 1:] - q_pos[:, :-1]) == 1).all()):
+        raise RopekitError("self_extend needs contiguous positions per row (no packed sequences)", "run one sequence per row")
+    # Keys are the cache followed by the current tokens, so the last key sits at the last query's position.
+    k_pos = torch.arange(kv_len, device=query.device)[None, :] - (kv_len - 1) + q_pos[:, -1:]
+    group, window = plan["group"], plan["window"]
+    inv_freq = default_inv_freq(plan["rope_theta"], plan["rotary_dim"], query.device)
+    q_group = rotate_by(query, (torch.div(q_pos, group, rounding_mode="floor") + (window - window / group)) - q_pos, inv_freq)
+    k_group = rotate_by(key, torch.div(k_pos, group, rounding_mode="floor") - k_pos, inv_freq)
+
+    n_rep = heads // key.shape[1]
+    key, k_group, value = (x.repeat_interleave(n_rep, dim=1) if n_rep > 1 else x for x in (key, k_group, value))
+    out = torch.empty(batch, heads, q_len, value.shape[-1], dtype=value.dtype, device=value.device)
+    block = max(1, min(q_len, (1 << 26) // max(1, batch * heads * kv_len)))  # ≈256 MiB of fp32 logits per block
+    causal_offset = kv_len - q_len
+    for start in range(0, q_len, block):
+        idx = slice(start, min(start + block, q_len))
+        near = torch.matmul(query[:, :, idx].float(), key.float().transpose(2, 3))
+        far = torch.matmul(q_group[:, :, idx].float(), k_group.float().transpose(2, 3))
+        distance = q_pos[:, idx, None] - k_pos[:, None, :]  # [B, q, kv]
+        logits = torch.where((distance < window)[:, None], near, far) * scaling
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        allowed = _allowed(attention_mask, idx, batch, q_len, kv_len, query.device)
+        q_index = torch.arange(idx.start, idx.stop, device=query.device)
+        causal = torch.arange(kv_len, device=query.device)[None, :] <= (q_index[:, None] + causal_offset)
+        allowed = causal[None, None] if allowed is None else allowed & causal[None, None]
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked (padding) rows → zeros
+        if dropout and module.training:
+            probs = torch.nn.functional.dropout(probs, p=dropout)
+        out[:, :, idx] = torch.matmul(probs.to(value.dtype), value)
+    return out.transpose(1, 2).contiguous(), None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dispatch
+
+
+def _eager_of(module) -> Callable:
+    """The model's own eager attention (each modelling file defines ``eager_attention_forward``)."""
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as fn
+    return fn
+
+
+def _apply_plan(inner: Callable, module, query, key, value, attention_mask, **kwargs):
+    plan = getattr(module.config, "ropekit", None)
+    attention = plan.get("attention") if isinstance(plan, dict) else None
+    if attention:
+        layer = getattr(module, "layer_idx", None)
+        scale = attention.get("logit_scale")
+        if scale and layer in scale["layers"]:
+            position_ids = kwargs.get("position_ids")
+            if position_ids is None:
+                raise RopekitError(f"{type(module).__name__} did not pass position_ids to its attention function",
+                                   "the logit scale needs them; use a model architecture ropekit supports")
+            query = scale_query(query, position_ids.to(query.device), scale["scale_length"])
+        extend = attention.get("self_extend")
+        if extend and layer in extend["layers"]:
+            return self_extend_attention(module, query, key, value, attention_mask, extend, **kwargs)
+    return inner(module, query, key, value, attention_mask, **kwargs)
+
+
+def _renamed(backend: str) -> Callable:
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        inner = _eager_of(module) if backend == "eager" else ALL_ATTENTION_FUNCTIONS[backend]
+        return _apply_plan(inner, module, query, key, value, attention_mask, **kwargs)
+
+    attention.__name__ = f"ropekit_{backend}_attention"
+    return attention
+
+
+for _backend in RENAMED_BACKENDS:
+    AttentionInterface.register(PREFIX + _backend, _renamed(_backend))
+    AttentionMaskInterface.register(PREFIX + _backend, ALL_MASK_ATTENTION_FUNCTIONS[_backend])
+
+_FLASH_ORIGINALS: dict[str, Callable] = {}
+
+
+def _wrap_flash(backend: str) -> None:
+    """Wrap a flash-attention backend in place; a no-op for models without a ropekit attention plan."""
+    if backend in _FLASH_ORIGINALS:
+        return
+    original = ALL_ATTENTION_FUNCTIONS[backend]
+    _FLASH_ORIGINALS[backend] = original
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        return _apply_plan(original, module, query, key, value, attention_mask, **kwargs)
+
+    attention.__name__ = f"ropekit_{backend}_attention"
+    AttentionInterface.register(backend, attention)
+
+
+def backend_of(config) -> str:
+    """The underlying attention backend of a config (``ropekit_sdpa`` → ``sdpa``)."""
+    name = config._attn_implementation or "sdpa"
+    return name.removeprefix(PREFIX)
+
+
+def install(model) -> None:
+    """Route the model's attention through ropekit so its ``config.ropekit['attention']`` plan takes effect."""
+    backend = backend_of(model.config)
+    if backend in FLASH_BACKENDS:
+        _wrap_flash(backend)
+        return
+    if backend not in RENAMED_BACKENDS:
+        raise RopekitError(f"attention backend {backend!r} is not supported by ropekit's attention-side methods",
+                           "load the model with attn_implementation='sdpa', 'eager', 'flex_attention' or 'flash_attention_2'")
+    if model.config._attn_implementation != PREFIX + backend:
+        model.set_attn_implementation(PREFIX + backend)
+
+
+def uninstall(model) -> None:
+    """Return the model to its plain backend (the plan stays in the config but no longer runs)."""
+    backend = backend_of(model.config)
+    if model.config._attn_implementation != backend and backend in RENAMED_BACKENDS:
+        model.set_attn_implementation(backend)
