@@ -83,6 +83,19 @@ def _allowed(attention_mask, q_index: slice, batch: int, q_len: int, kv_len: int
                        "use attn_implementation sdpa or eager with self_extend")
 
 
+def _one_sequence_per_row(positions: torch.Tensor) -> bool:
+    """True when each row counts up by one, after an optional left-padding prefix of one repeated position
+    (transformers' ``generate`` gives pads position 1). Packed rows restart counting mid-row and fail."""
+    steps = positions[:, 1:] - positions[:, :-1]
+    for row, row_steps in zip(positions, steps):
+        breaks = torch.nonzero(row_steps != 1)
+        if breaks.numel():
+            prefix = row[: int(breaks[-1]) + 1]
+            if not bool((prefix == prefix[0]).all()):
+                return False
+    return True
+
+
 def self_extend_attention(module, query, key, value, attention_mask, plan: dict, scaling: float | None = None,
                           dropout: float = 0.0, softcap: float | None = None, position_ids=None, **_) -> tuple[torch.Tensor, None]:
     """Self-Extend attention; returns ``([B, S, H, D], None)`` as every transformers attention function does."""
@@ -94,7 +107,7 @@ def self_extend_attention(module, query, key, value, attention_mask, plan: dict,
     kv_len = key.shape[2]
     scaling = scaling if scaling is not None else head_dim ** -0.5
     q_pos = position_ids.expand(batch, q_len).to(query.device)
-    if q_len > 1 and not bool(((q_pos[:, 1:] - q_pos[:, :-1]) == 1).all()):
+    if q_len > 1 and not _one_sequence_per_row(q_pos):
         raise RopekitError("self_extend needs contiguous positions per row (no packed sequences)", "run one sequence per row")
     # Keys are the cache followed by the current tokens, so the last key sits at the last query's position.
     k_pos = torch.arange(kv_len, device=query.device)[None, :] - (kv_len - 1) + q_pos[:, -1:]

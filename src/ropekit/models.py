@@ -114,11 +114,11 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
         attn_implementation: ``sdpa`` (transformers' default), ``eager``, ``flash_attention_2``, ``flex_attention``.
         restore: re-apply a ropekit extension recorded in the checkpoint's config (default True).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    kind, source = resolve_source(name_or_path)
-    target_device = pick_device(device)
+    target_device = pick_device(device)  # validate cheap arguments before any download or load
     target_dtype = pick_dtype(dtype, target_device)
+    kind, source = resolve_source(name_or_path)
     if kind == "gguf":
         model, tokenizer = load_gguf(source, dtype=torch.float32)
         model = model.to(dtype=target_dtype)
@@ -133,7 +133,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
             kwargs["attn_implementation"] = attn_implementation.removeprefix("ropekit_")
         previous = _quiet_transformers()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = _load_tokenizer(source, kind)
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except OSError as err:
             if kind == "hub":
@@ -145,7 +145,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
                                "pass a causal LM checkpoint of a supported architecture") from None
         finally:
             logging.getLogger("transformers").setLevel(previous)
-    if tokenizer.pad_token is None:
+    if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(target_device)
     model.eval()
@@ -154,6 +154,18 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
 
         restore_extension(model)
     return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _load_tokenizer(source, kind: str):
+    """The checkpoint's tokenizer, or None for a weights-only directory (e.g. a tiny test model)."""
+    from transformers import AutoTokenizer
+
+    if kind == "dir" and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return AutoTokenizer.from_pretrained(source)
 
 
 def _saved_record(path: Path) -> dict | None:
