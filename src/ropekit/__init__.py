@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 from . import methods as _methods  # noqa: E402,F401  (registers every method)
 from .errors import RopekitError  # noqa: E402
-from .extend import describe, extend, restore  # noqa: E402
+from .extension import describe, extend, restore  # noqa: E402
 from .lengths import parse_length  # noqa: E402
 from .models import load_model, save_model  # noqa: E402
 from .registry import describe_methods as list_methods  # noqa: E402

@@ -150,7 +150,7 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
     model = model.to(target_device)
     model.eval()
     if restore:
-        from .extend import restore as restore_extension
+        from .extension import restore as restore_extension
 
         restore_extension(model)
     return model, tokenizer

@@ -98,6 +98,27 @@ def rebuild_rotary(model) -> None:
         setattr(model.get_submodule(parent_name) if parent_name else model, child, fresh)
 
 
+LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def rope_depends_on_length(model) -> bool:
+    """True when RoPE frequencies change with the longest position of a forward (dynamic NTK, LongRoPE)."""
+    rope = getattr(text_config(model), "rope_parameters", None) or {}
+    entries = [rope] if "rope_type" in rope else [v for v in rope.values() if isinstance(v, dict)]
+    return any(entry.get("rope_type") in LENGTH_DEPENDENT_ROPE for entry in entries)
+
+
+def reset_rope_state(model) -> None:
+    """Forget the scaling a dynamic-NTK model kept from earlier, longer forwards.
+
+    transformers' dynamic rope only *grows* its frequencies and resets them only for a sequence shorter than the
+    native window, so a 10K forward after a 12K one silently reuses the 12K scaling. Evaluators call this before
+    every forward so each length is scored with its own frequencies. A no-op for static RoPE.
+    """
+    if rope_depends_on_length(model):
+        rebuild_rotary(model)
+
+
 def _route_params(methods, params: dict) -> dict[str, dict]:
     """Give each method its parameters; every given parameter must belong to exactly one method."""
     routed = {m.name: {} for m in methods}
