@@ -29,7 +29,7 @@ from .lengths import format_length
 from .models import load_model
 from .registry import split_methods
 
-DEFAULT_METHODS = ("none", "dynamic", "yarn", "eabf")
+DEFAULT_METHODS = ("none", "yarn", "eabf")
 DEFAULT_LENGTHS = (4096, 12288)
 TASKS = ("passkey", "ppl")
 
@@ -93,12 +93,16 @@ def compare(model: str = DEFAULT_MODEL, methods: list[str] = DEFAULT_METHODS, ta
         model_m = base if name == "none" else extend(copy.deepcopy(base), name, target_length=target_length, **per_method[name])
         entry = {"record": getattr(model_m.config, "ropekit", None), "tasks": {}}
         for task in tasks:
-            bar.set_postfix_str(f"{name} {task}")
             if task == "passkey":
-                entry["tasks"]["passkey"] = run_passkey(model_m, tokenizer, list(lengths), trials=trials, seed=seed, progress=False)
-            else:
+                for length in lengths:  # one length at a time, so the bar (and its ETA) moves
+                    bar.set_postfix_str(f"{name} passkey {format_length(length)}")
+                    one = run_passkey(model_m, tokenizer, [length], trials=trials, seed=seed, progress=False)
+                    entry["tasks"].setdefault("passkey", {**one, "lengths": {}})["lengths"].update(one["lengths"])
+                    bar.update(1)
+            else:  # one forward per window covers every length (see eval/perplexity.py)
+                bar.set_postfix_str(f"{name} ppl")
                 entry["tasks"]["ppl"] = run_perplexity(model_m, tokenizer, list(lengths), windows=windows, tail=tail, source=ppl_source, progress=False)
-            bar.update(len(lengths))
+                bar.update(len(lengths))
         entry["seconds"] = round(time.time() - method_started, 1)
         results["methods"][name] = entry
         if model_m is not base:

@@ -1,0 +1,66 @@
+"""Project hygiene that users rely on: CI runs the README's test command; the CLI answers --help everywhere."""
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ropekit.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_commands() -> list[str]:
+    section = ROOT.joinpath("README.md").read_text().split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.+?)\n```", section)
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    commands = setup_commands()
+    assert len(commands) == 2
+    assert "ropekit compare" in commands[0] and "pytest" in commands[1]
+    assert commands[1] in ROOT.joinpath(".ci", "run").read_text()
+
+
+@pytest.mark.parametrize("command", [[], ["methods"], ["info"], ["extend"], ["compare"]])
+def test_help(command):
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_methods_json_lists_every_method():
+    import json
+
+    result = CliRunner().invoke(app, ["methods", "--json"])
+    names = {m["name"] for m in json.loads(result.stdout)}
+    assert {"linear", "ntk", "dynamic", "yarn", "llama3", "longrope", "abf", "logscale", "eabf", "self_extend", "none"} <= names
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["extend", str(tmp_path / "nothing"), "--method", "yarn", "-t", "32k", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no such model file or directory" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["extend", "x", "--method", "yarn", "-p", "novalue", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "is not key=value" in result.output
+    result = runner.invoke(app, ["compare", "--methods", "none,warp"])
+    assert result.exit_code == 2 and "unknown method 'warp'" in result.output
+
+
+def test_cli_extend_and_info_on_a_tiny_checkpoint(tmp_path):
+    from ropekit.testing import save_tiny_checkpoint, tiny_tokenizer
+
+    save_tiny_checkpoint(tmp_path / "base", vocab_size=len(tiny_tokenizer()))
+    runner = CliRunner()
+    result = runner.invoke(app, ["extend", str(tmp_path / "base"), "-m", "eabf", "-t", "256", "-p", "layers=all", "-o", str(tmp_path / "ext")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["info", str(tmp_path / "ext"), "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    facts = json.loads(result.stdout)
+    assert facts["ropekit"]["method"] == "eabf" and facts["attention_implementation"] == "ropekit_sdpa"
+    assert facts["ropekit"]["attention"]["logit_scale"]["layers"] == [0, 1, 2, 3]
+    result = runner.invoke(app, ["extend", str(tmp_path / "base"), "-m", "eabf", "-t", "256", "-o", str(tmp_path / "ext")])
+    assert result.exit_code == 2 and "not empty" in result.output
