@@ -15,6 +15,7 @@ from .errors import RopekitError  # noqa: E402
 from .extension import describe, extend, restore  # noqa: E402
 from .lengths import parse_length  # noqa: E402
 from .models import load_model, save_model  # noqa: E402
+from .positions import position_ids  # noqa: E402
 from .registry import describe_methods as list_methods  # noqa: E402
 
-__all__ = ["RopekitError", "describe", "extend", "list_methods", "load_model", "parse_length", "restore", "save_model", "__version__"]
+__all__ = ["RopekitError", "describe", "extend", "list_methods", "load_model", "parse_length", "position_ids", "restore", "save_model", "__version__"]

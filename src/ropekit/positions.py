@@ -1,0 +1,223 @@
+"""Training-time position strategies: train on ``train_length`` tokens whose position ids span ``[0, target_length)``.
+
+Registered by name in :data:`STRATEGIES`; each is one pure function of a generator. Shapes: every sampler returns
+``position_ids`` ``[train_length]`` (int64, strictly increasing, in ``[0, target_length)``) and, given a tokenised
+document ``doc`` ``[len(doc)]``, the ``input_ids`` ``[train_length]`` that go with them.
+
+* ``contiguous`` — ``0 .. N-1``; the document's first N tokens.
+* ``cream`` — CREAM (Wu et al. 2024, arXiv 2406.07138; verified against bigai-nlco/CREAM@1d15c73 ``src/train.py``).
+  Head ids ``0..h-1`` and tail ids ``L-t..L-1`` are always present; one contiguous middle block of ``m = N-h-t``
+  ids ends at ``e``, placed by a truncated Gaussian on a scale ``r ∈ [2, 2s]`` (μ = 1+s, σ = 3), then
+  ``e ~ U[⌊h + (m-1)·r/2⌋, ⌊r/2·N⌋ - t - 1]``. Two block-size modes, a fair coin each:
+  *continuity* (h = t = k, default k = 4s) and *relativity* (h = t = N/3).
+  Tokens: head = document start, middle = the tokens at the middle ids' true offsets (the block before the tail
+  when the document is shorter), tail = document end.
+* ``pose`` — PoSE (Zhu et al. 2024, arXiv 2309.10400; dwzhu-pku/PoSE ``train_pose.py``): two chunks, the first at
+  ids ``0..r1-1``, the second shifted by a uniform skip ``u ∈ [0, L-N]``; content of chunk 2 taken from a random
+  end point of the document (truncated to ``doc_window`` tokens, default L).
+* ``randpos`` — RandPos (Ruoss et al. 2023, arXiv 2305.16843): N distinct ids drawn uniformly from ``[0, L)``, sorted.
+
+Choices where the CREAM spec leaves a question open (docs/training.md has the reasoning):
+
+* The mode coin is tossed **per sample** (the paper's description), not once per 3,000-row ``datasets.map`` batch
+  as the reference code does; ``code_exact=True`` reproduces the code's clamped, floored inverse-CDF sampler of r
+  instead of a true truncated normal, but positions are still drawn per sample and per epoch.
+* ``sigma="auto"`` grows σ with the factor (σ = 3·max(1, s/8)), because a fixed σ = 3 leaves whole distance ranges
+  unseen at s = 64 (spec §1); the default stays the paper's σ = 3.
+* Positions are drawn afresh every epoch from a generator seeded by (seed, epoch, example index): reproducible,
+  resumable, and never cached once per example (the reference code's behaviour).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .errors import RopekitError
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    summary: str
+    sample: Callable  # (doc: LongTensor | None, N, L, generator, **params) -> (input_ids | None, position_ids)
+    params: dict  # name -> default
+
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def _register(name: str, summary: str, **defaults):
+    def wrap(fn):
+        STRATEGIES[name] = Strategy(name, summary, fn, defaults)
+        return fn
+
+    return wrap
+
+
+def _randint(low: int, high: int, generator: torch.Generator) -> int:
+    """Uniform integer in [low, high] (inclusive)."""
+    return int(torch.randint(low, high + 1, (1,), generator=generator))
+
+
+def _uniform(generator: torch.Generator) -> float:
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+@_register("contiguous", "positions 0..N-1 (plain fine-tuning at the training length)")
+def sample_contiguous(doc, n: int, target: int, generator: torch.Generator):
+    positions = torch.arange(n)
+    return (doc[:n] if doc is not None else None), positions
+
+
+# ---------------------------------------------------------------------------------------------------------------- CREAM
+
+
+def cream_scale(s: float, sigma: float, generator: torch.Generator, code_exact: bool) -> float:
+    """The scale variable r ∈ [2, 2s] (μ = 1 + s). ``code_exact``: the reference code's sampler — inverse CDF of the
+    *untruncated* normal interpolated on a 1000-point grid, clamped (mass beyond the ends piles onto 2 and 2s) and
+    floored. Otherwise a true truncated normal, not floored."""
+    mu, low, high = 1.0 + s, 2.0, 2.0 * s
+    normal = torch.distributions.Normal(torch.tensor(mu, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64))
+    u = _uniform(generator)
+    if code_exact:
+        grid = torch.linspace(low, high, 1000, dtype=torch.float64)
+        cdf = normal.cdf(grid)
+        if u <= cdf[0]:
+            return low
+        if u >= cdf[-1]:
+            return high
+        i = int(torch.searchsorted(cdf, torch.tensor(u, dtype=torch.float64)))
+        x0, x1, c0, c1 = grid[i - 1], grid[i], cdf[i - 1], cdf[i]
+        return float(math.floor(x0 + (x1 - x0) * (u - c0) / (c1 - c0)))
+    lo_cdf, hi_cdf = normal.cdf(torch.tensor(low, dtype=torch.float64)), normal.cdf(torch.tensor(high, dtype=torch.float64))
+    p = lo_cdf + u * (hi_cdf - lo_cdf)
+    return float(normal.icdf(p.clamp(1e-12, 1 - 1e-12)).clamp(low, high))
+
+
+def cream_blocks(n: int, target: int, generator: torch.Generator, mode: str = "mixed", k: int | None = None,
+                 sigma: float | str = 3.0, code_exact: bool = False) -> tuple[int, int, int]:
+    """(h, t, e): head size, tail size and the last id of the middle block."""
+    s = target / n
+    if mode == "mixed":
+        mode = "relativity" if _uniform(generator) < 0.5 else "continuity"
+    if mode == "relativity":
+        h = t = n // 3
+    elif mode == "continuity":
+        h = t = k if k is not None else min(int(round(4 * s)), n // 8)  # the code's k = 4s, kept well inside N
+    else:
+        raise RopekitError(f"cream mode {mode!r} is unknown", "use mixed, continuity or relativity")
+    if not 1 <= h < n // 2:
+        raise RopekitError(f"cream head/tail size {h} does not fit a training length of {n}", f"pass k between 1 and {n // 2 - 1}")
+    sigma_value = 3.0 * max(1.0, s / 8.0) if sigma == "auto" else float(sigma)
+    m = n - h - t
+    r = cream_scale(s, sigma_value, generator, code_exact)
+    a = r / 2.0
+    low = math.floor(h + (m - 1) * a)
+    high = math.floor(a * n) - t - 1
+    high = max(low, min(high, target - t - 1))
+    return h, t, _randint(low, high, generator)
+
+
+@_register("cream", "CREAM: head, truncated-Gaussian middle block, tail over [0, target)",
+           mode="mixed", k=None, sigma=3.0, code_exact=False)
+def sample_cream(doc, n: int, target: int, generator: torch.Generator, mode: str = "mixed", k: int | None = None,
+                 sigma: float | str = 3.0, code_exact: bool = False):
+    h, t, e = cream_blocks(n, target, generator, mode, k, sigma, code_exact)
+    m = n - h - t
+    positions = torch.cat([torch.arange(h), torch.arange(e - m + 1, e + 1), torch.arange(target - t, target)])
+    if doc is None:
+        return None, positions
+    length = doc.numel()
+    if length < n:
+        raise RopekitError(f"cream needs documents of at least {n} tokens, got {length}", "filter short documents or use contiguous")
+    head, tail = doc[:h], doc[length - t:]
+    # Middle tokens at their true offsets when the document reaches them (and, unless code_exact, they do not run into
+    # the tail: the reference code's `e < len` check lets the middle and tail overlap), else the block before the tail.
+    fits = e < length if code_exact else e + 1 <= length - t
+    middle = doc[e - m + 1 : e + 1] if fits else doc[length - t - m : length - t]
+    return torch.cat([head, middle, tail]), positions
+
+
+# ----------------------------------------------------------------------------------------------------------------- PoSE
+
+
+@_register("pose", "PoSE: two chunks, the second shifted by a uniform skip", doc_window=None)
+def sample_pose(doc, n: int, target: int, generator: torch.Generator, doc_window: int | None = None):
+    if doc is not None:
+        doc = doc[: doc_window or target]
+        length = doc.numel()
+    else:
+        length = n
+    c = min(length, n)
+    if c < n:
+        raise RopekitError(f"pose needs documents of at least {n} tokens, got {length}", "filter short documents or use contiguous")
+    r1 = _randint(1, (c + 1) // 2, generator)
+    skip = _randint(0, target - c, generator)
+    positions = torch.cat([torch.arange(r1), torch.arange(r1 + skip, c + skip)])
+    if doc is None:
+        return None, positions
+    end = _randint(c, length, generator)
+    return torch.cat([doc[:r1], doc[end - (c - r1) : end]]), positions
+
+
+# -------------------------------------------------------------------------------------------------------------- RandPos
+
+
+@_register("randpos", "RandPos: N distinct positions drawn uniformly from [0, target), sorted")
+def sample_randpos(doc, n: int, target: int, generator: torch.Generator):
+    positions = torch.sort(torch.randperm(target, generator=generator)[:n]).values
+    return (doc[:n] if doc is not None else None), positions
+
+
+# ------------------------------------------------------------------------------------------------------------------ API
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise RopekitError(f"unknown position strategy {name!r}", f"use one of: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def check_params(strategy: Strategy, params: dict) -> dict:
+    unknown = sorted(set(params) - set(strategy.params))
+    if unknown:
+        valid = ", ".join(strategy.params) or "none"
+        raise RopekitError(f"unknown parameter {unknown[0]!r} for position strategy {strategy.name!r}", f"valid parameters: {valid}")
+    return {**strategy.params, **params}
+
+
+def check_lengths(train_length: int, target_length: int) -> None:
+    if train_length < 2:
+        raise RopekitError(f"training length {train_length} is too short", "use at least a few hundred tokens")
+    if target_length < train_length:
+        raise RopekitError(f"target length {target_length} is shorter than the training length {train_length}",
+                           "position strategies spread a training window over a longer target; pass a target ≥ the training length")
+
+
+def position_ids(strategy: str, train_length: int, target_length: int, generator: torch.Generator | None = None, **params) -> torch.Tensor:
+    """Position ids ``[train_length]`` for one training sample under ``strategy`` (public API).
+
+    >>> ids = position_ids("cream", 4096, 32768, torch.Generator().manual_seed(0))
+    >>> ids.shape, int(ids[0]), int(ids[-1])
+    (torch.Size([4096]), 0, 32767)
+    """
+    chosen = get_strategy(strategy)
+    check_lengths(train_length, target_length)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    return chosen.sample(None, train_length, target_length, generator, **check_params(chosen, params))[1]
+
+
+def sample(strategy: str, doc: torch.Tensor, train_length: int, target_length: int, generator: torch.Generator, **params):
+    """``(input_ids [N], position_ids [N])`` for one tokenised document under ``strategy``."""
+    chosen = get_strategy(strategy)
+    check_lengths(train_length, target_length)
+    return chosen.sample(doc, train_length, target_length, generator, **check_params(chosen, params))
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator for one example in one epoch: fresh every epoch, identical on resume and across processes."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_000_007 + index)
