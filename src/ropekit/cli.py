@@ -207,6 +207,8 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, train_embeddings_and_norms=train_embeddings_and_norms,
         gradient_checkpointing=gradient_checkpointing, precision=precision, attn_implementation=attn_implementation,
         seed=seed, save_steps=save_steps, resume=resume, overwrite=overwrite, device=device))
+    if not summary["main_process"]:
+        return
     data_line = summary["data"]
     console.print(f"[green]trained[/] {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
                   f"{summary['tokens_seen']:,} tokens in {summary['seconds']:.0f} s → {output}", highlight=False)

@@ -202,6 +202,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
         "steps": trainer.state.global_step, "final_loss": log.rows[-1]["loss"] if log.rows else None,
         "train_loss": result.training_loss, "tokens_seen": trainer.state.num_input_tokens_seen,
         "seconds": round(time.time() - started, 1), "precision": precision, "world_size": world,
+        "main_process": trainer.is_world_process_zero(),
     }
     if options.lora_r:
         if trainer.is_world_process_zero():
@@ -221,7 +222,13 @@ def _training_arguments(options: TrainOptions, recipe, out: Path, accumulation: 
         return default if value is None else value
 
     max_steps = pick(options.max_steps, recipe.max_steps)
+    # transformers ≥ 5.21 renamed gradient_checkpointing → activation_checkpointing; use whichever this version has.
+    names = TrainingArguments.__dataclass_fields__
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    checkpointing = {prefix: options.gradient_checkpointing,
+                     f"{prefix}_kwargs": {"use_reentrant": False} if options.gradient_checkpointing else None}
     return TrainingArguments(
+        **checkpointing,
         output_dir=str(out),
         per_device_train_batch_size=options.micro_batch_size,
         gradient_accumulation_steps=accumulation,
@@ -235,8 +242,6 @@ def _training_arguments(options: TrainOptions, recipe, out: Path, accumulation: 
         weight_decay=pick(options.weight_decay, recipe.weight_decay),
         max_grad_norm=recipe.max_grad_norm,
         bf16=precision == "bf16",
-        gradient_checkpointing=options.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if options.gradient_checkpointing else None,
         logging_steps=1,
         save_strategy="steps",
         save_steps=options.save_steps,
