@@ -30,20 +30,54 @@ def test_save_then_load_model_gives_identical_logits(tmp_path, method, params):
         assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
+PLAIN = """
+import sys, torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+assert "ropekit" not in sys.modules
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+ids = torch.arange(3, {length})[None] % 250 + 3
+with torch.no_grad():
+    logits = model(ids).logits
+save_file({{"logits": logits.contiguous(), "inv_freq": model.model.rotary_emb.inv_freq.contiguous()}}, sys.argv[2])
+print(model.config._attn_implementation, model.config.max_position_embeddings, model.config.rope_parameters)
+assert "ropekit" not in sys.modules
+"""
+
+
 @pytest.mark.parametrize("method", ["eabf", "yarn", "linear", "ntk", "llama3"])
-def test_plain_from_pretrained_loads_the_frequency_part(tmp_path, method):
+def test_plain_transformers_loads_the_frequency_part(tmp_path, method):
+    """In a fresh interpreter that never imports ropekit."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
     base = tiny_model("llama")
     model = ropekit.extend(copy.deepcopy(base), method, target_length=TARGET)
-    model.save_pretrained(tmp_path)
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # no ropekit involved
-    assert plain.config.rope_parameters == model.config.rope_parameters
-    assert plain.config.max_position_embeddings == model.config.max_position_embeddings
-    assert plain.config._attn_implementation == "sdpa"
+    model.save_pretrained(tmp_path / "ckpt")
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN.format(length=TARGET - 2 + 3))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt"), str(tmp_path / "out.safetensors")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == "sdpa" and int(done.stdout.split()[1]) == model.config.max_position_embeddings
+    plain = load_file(tmp_path / "out.safetensors")
     frequency_only = ropekit.extend(copy.deepcopy(base), "abf" if method == "eabf" else method, target_length=TARGET)
+    ids = torch.arange(3, TARGET - 2 + 3)[None] % 250 + 3
+    with torch.no_grad():
+        assert rel_err(plain["logits"], frequency_only(ids).logits) < 1e-6
+    assert torch.equal(plain["inv_freq"], frequency_only.model.rotary_emb.inv_freq)
+
+
+def test_with_ropekit_imported_from_pretrained_runs_the_whole_extension(tmp_path):
+    """The plan lives in config.json, so a plain from_pretrained in a process that imported ropekit is exact too."""
+    model = ropekit.extend(tiny_model("llama"), "eabf", target_length=TARGET)
+    model.save_pretrained(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ids = random_ids(TARGET - 2)
     with torch.no_grad():
-        assert rel_err(plain(ids).logits, frequency_only(ids).logits) < 1e-6
-    assert torch.equal(plain.model.rotary_emb.inv_freq, frequency_only.model.rotary_emb.inv_freq)
+        assert torch.equal(plain(ids).logits, model(ids).logits)
 
 
 def test_restore_after_plain_load(tmp_path):

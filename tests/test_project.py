@@ -60,7 +60,7 @@ def test_cli_extend_and_info_on_a_tiny_checkpoint(tmp_path):
     import json
 
     facts = json.loads(result.stdout)
-    assert facts["ropekit"]["method"] == "eabf" and facts["attention_implementation"] == "ropekit_sdpa"
+    assert facts["ropekit"]["method"] == "eabf" and facts["attention_backend"] == "sdpa" and facts["ropekit_attention"] == ["logit_scale"]
     assert facts["ropekit"]["attention"]["logit_scale"]["layers"] == [0, 1, 2, 3]
     result = runner.invoke(app, ["extend", str(tmp_path / "base"), "-m", "eabf", "-t", "256", "-o", str(tmp_path / "ext")])
     assert result.exit_code == 2 and "not empty" in result.output

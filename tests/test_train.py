@@ -43,7 +43,7 @@ def test_loss_decreases_and_the_checkpoint_restores(workspace, tmp_path):
     curve = losses(tmp_path / "run")
     assert len(curve) == 12 and sum(curve[-3:]) / 3 < 0.8 * sum(curve[:3]) / 3
     model, tokenizer = ropekit.load_model(tmp_path / "run", device="cpu")
-    assert model.config.ropekit["method"] == "eabf" and model.config._attn_implementation == "ropekit_sdpa"
+    assert model.config.ropekit["method"] == "eabf" and model.config._attn_implementation == "sdpa"
     assert tokenizer is not None and summary["data"]["kind"] == "chat" and summary["train_length"] == 512
     assert model.config.use_cache is True
 

@@ -1,8 +1,11 @@
 """Attention-side methods at run time, plugged in through transformers' public ``AttentionInterface``.
 
-ropekit registers one attention function per backend, ``ropekit_sdpa``, ``ropekit_eager`` and
-``ropekit_flex_attention`` (plus a pass-through override of ``flash_attention_2/3``, see :func:`install`). Each
-reads the plan stored in ``module.config.ropekit["attention"]`` and then calls the backend the model used before:
+On import, ropekit registers a wrapper under each backend's own name (``sdpa``, ``eager``, ``flex_attention``,
+``flash_attention_2/3/4``) — transformers' documented way to override an attention function. The wrapper reads the
+plan stored in ``module.config.ropekit["attention"]``; a model without one runs the original function unchanged.
+Keeping the names means every transformers code path that keys on them (mask construction, flash-attention varlen,
+the Trainer's context-parallel checks) works as for a plain model. With the plan in the config, a checkpoint
+behaves the same whether loaded with ``ropekit.load_model`` or with ``from_pretrained`` after ``import ropekit``.
 
 * **Entropy-aware logit scale** (Zhang et al. 2024, arXiv 2401.07004, Eq. 3; reference code GAIR-NLP/Entropy-ABF
   ``apply_rotary_pos_emb_scale``). The post-RoPE query row of position ``p`` is multiplied by
@@ -25,15 +28,9 @@ from typing import Callable
 
 import torch
 from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .errors import RopekitError
-
-PREFIX = "ropekit_"
-RENAMED_BACKENDS = ("sdpa", "eager", "flex_attention")  # wrapped under a new name "ropekit_<backend>"
-FLASH_BACKENDS = ("flash_attention_2", "flash_attention_3")  # wrapped in place (transformers' FA path keys on the name)
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The math
@@ -171,57 +168,40 @@ def _apply_plan(inner: Callable, module, query, key, value, attention_mask, **kw
     return inner(module, query, key, value, attention_mask, **kwargs)
 
 
-def _renamed(backend: str) -> Callable:
+WRAPPED_BACKENDS = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+
+
+def _wrap(backend: str) -> None:
+    """Register a pass-through wrapper under the backend's own name (transformers' documented way to override an
+    attention function). Models whose config carries no ropekit attention plan run exactly as before."""
+    current = ALL_ATTENTION_FUNCTIONS._global_mapping.get(backend)
+    if getattr(current, "_ropekit_wrapped", False):
+        return
+    if backend != "eager" and current is None:
+        return  # not in this transformers version
+
     def attention(module, query, key, value, attention_mask, **kwargs):
-        inner = _eager_of(module) if backend == "eager" else ALL_ATTENTION_FUNCTIONS[backend]
+        inner = _eager_of(module) if current is None else current
         return _apply_plan(inner, module, query, key, value, attention_mask, **kwargs)
 
     attention.__name__ = f"ropekit_{backend}_attention"
-    return attention
-
-
-for _backend in RENAMED_BACKENDS:
-    AttentionInterface.register(PREFIX + _backend, _renamed(_backend))
-    AttentionMaskInterface.register(PREFIX + _backend, ALL_MASK_ATTENTION_FUNCTIONS[_backend])
-
-_FLASH_ORIGINALS: dict[str, Callable] = {}
-
-
-def _wrap_flash(backend: str) -> None:
-    """Wrap a flash-attention backend in place; a no-op for models without a ropekit attention plan."""
-    if backend in _FLASH_ORIGINALS:
-        return
-    original = ALL_ATTENTION_FUNCTIONS[backend]
-    _FLASH_ORIGINALS[backend] = original
-
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        return _apply_plan(original, module, query, key, value, attention_mask, **kwargs)
-
-    attention.__name__ = f"ropekit_{backend}_attention"
+    attention._ropekit_wrapped = True
     AttentionInterface.register(backend, attention)
 
 
+for _backend in WRAPPED_BACKENDS:
+    _wrap(_backend)
+
+
 def backend_of(config) -> str:
-    """The underlying attention backend of a config (``ropekit_sdpa`` → ``sdpa``)."""
-    name = config._attn_implementation or "sdpa"
-    return name.removeprefix(PREFIX)
+    """The model's attention backend (``sdpa``, ``eager``, ``flash_attention_2``, ``flex_attention``)."""
+    return config._attn_implementation or "sdpa"
 
 
 def install(model) -> None:
-    """Route the model's attention through ropekit so its ``config.ropekit['attention']`` plan takes effect."""
+    """Check that the model's attention backend runs ropekit's attention plans (all wrapped backends do, as soon as
+    ropekit is imported: the plan lives in ``config.ropekit``, so copies and reloads keep it)."""
     backend = backend_of(model.config)
-    if backend in FLASH_BACKENDS:
-        _wrap_flash(backend)
-        return
-    if backend not in RENAMED_BACKENDS:
+    if backend not in WRAPPED_BACKENDS or not getattr(ALL_ATTENTION_FUNCTIONS.get(backend), "_ropekit_wrapped", False):
         raise RopekitError(f"attention backend {backend!r} is not supported by ropekit's attention-side methods",
                            "load the model with attn_implementation='sdpa', 'eager', 'flex_attention' or 'flash_attention_2'")
-    if model.config._attn_implementation != PREFIX + backend:
-        model.set_attn_implementation(PREFIX + backend)
-
-
-def uninstall(model) -> None:
-    """Return the model to its plain backend (the plan stays in the config but no longer runs)."""
-    backend = backend_of(model.config)
-    if model.config._attn_implementation != backend and backend in RENAMED_BACKENDS:
-        model.set_attn_implementation(backend)

@@ -259,7 +259,7 @@ def describe(model) -> dict:
         "num_layers": config.num_hidden_layers,
         "sliding_layers": sorted(sliding_layers(config)),
         "attention_backend": attention.backend_of(config),
-        "attention_implementation": config._attn_implementation,
+        "ropekit_attention": sorted((record or {}).get("attention") or {}),  # attention-side methods running in the wrapper
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "ropekit": record,

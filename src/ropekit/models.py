@@ -3,7 +3,6 @@ embedded default model. Weights load through safetensors or GGUF only; nothing a
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -128,9 +127,6 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
         kwargs = {"dtype": target_dtype, "use_safetensors": True}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        record = _saved_record(source) if kind == "dir" else None
-        if record and record.get("attention") and attn_implementation and attn_implementation.startswith("ropekit_"):
-            kwargs["attn_implementation"] = attn_implementation.removeprefix("ropekit_")
         previous = _quiet_transformers()
         try:
             tokenizer = _load_tokenizer(source, kind)
@@ -166,13 +162,6 @@ def _load_tokenizer(source, kind: str):
     if kind == "dir" and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
         return None
     return AutoTokenizer.from_pretrained(source)
-
-
-def _saved_record(path: Path) -> dict | None:
-    try:
-        return json.loads((Path(path) / "config.json").read_text()).get("ropekit")
-    except (OSError, ValueError):
-        return None
 
 
 def save_model(model, tokenizer, output_dir: str | Path, *, overwrite: bool = False) -> Path:
