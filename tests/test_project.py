@@ -23,7 +23,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert commands[1] in ROOT.joinpath(".ci", "run").read_text()
 
 
-@pytest.mark.parametrize("command", [[], ["methods"], ["info"], ["extend"], ["compare"]])
+@pytest.mark.parametrize("command", [[], ["methods"], ["info"], ["extend"], ["compare"], ["train"]])
 def test_help(command):
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
@@ -64,3 +64,13 @@ def test_cli_extend_and_info_on_a_tiny_checkpoint(tmp_path):
     assert facts["ropekit"]["attention"]["logit_scale"]["layers"] == [0, 1, 2, 3]
     result = runner.invoke(app, ["extend", str(tmp_path / "base"), "-m", "eabf", "-t", "256", "-o", str(tmp_path / "ext")])
     assert result.exit_code == 2 and "not empty" in result.output
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    files = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+    assert len(files) >= 4
+    kinds = {f.stem: str(load_config_from_file(str(f)).distributed_type) for f in files}
+    assert kinds["deepspeed-zero3"].endswith("DEEPSPEED") and kinds["fsdp2"].endswith("FSDP")
+    assert load_config_from_file(str(ROOT / "configs/accelerate/fsdp2-context-parallel.yaml")).parallelism_config["parallelism_config_cp_size"] == 2

@@ -165,3 +165,19 @@ def test_conversations_need_a_chat_template(tmp_path):
     template.write_text(CHATML)
     (example,), _ = load_data(path, tokenizer, chat_template=str(template))
     assert labelled_text(tokenizer, example) == ["A one.<|im_end|>\n", "A two.<|im_end|>\n"]
+
+
+def test_context_parallel_collate_pads_to_a_multiple_and_keeps_positions():
+    from ropekit.training import collate_padded
+
+    rows = [{"input_ids": torch.arange(3, 13), "labels": torch.arange(3, 13), "position_ids": torch.tensor([0, 1, 2, 50, 51, 52, 53, 54, 98, 99]), "jumps": True},
+            {"input_ids": torch.arange(3, 9), "labels": torch.arange(3, 9), "position_ids": torch.arange(6), "jumps": False}]
+    batch = collate_padded(rows, multiple=8)
+    assert batch["input_ids"].shape == (2, 16)
+    assert batch["position_ids"][0, :10].tolist() == [0, 1, 2, 50, 51, 52, 53, 54, 98, 99]
+    assert batch["attention_mask"].sum(1).tolist() == [10, 6] and bool((batch["labels"][1, 6:] == IGNORE).all())
+    model = tiny_model("llama")
+    with torch.no_grad():  # padding at the end changes nothing for the real tokens
+        padded = model(**{k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}).logits
+        alone = model(input_ids=rows[1]["input_ids"][None]).logits
+    assert torch.allclose(padded[1, :6], alone[0], atol=1e-5)

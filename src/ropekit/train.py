@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from .data import DataReport, chunk_documents, load_data, load_rows, pack, split_conversations
@@ -21,7 +22,7 @@ from .extension import extend, native_length_of
 from .lengths import parse_length
 from .models import load_model
 from .positions import check_params, get_strategy
-from .training import EpochCallback, LossLog, TrainingSet, collate, get_recipe
+from .training import EpochCallback, LossLog, TrainingSet, collate, collate_padded, get_recipe
 
 
 @dataclass
@@ -168,6 +169,9 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     if train_length > target:
         raise RopekitError(f"training length {train_length} exceeds the target {target}", "train at most at the target length")
 
+    context_parallel = int(os.environ.get("PARALLELISM_CONFIG_CP_SIZE", "1"))  # set by accelerate's CP configs
+    if context_parallel > 1:
+        options = replace(options, pack=False)  # CP supports causal masks only: one document per row
     rows, report = prepare_rows(options, recipe, tokenizer, strategy, train_length)
     dataset = TrainingSet(rows, strategy, train_length, target, seed=options.seed, params=strategy_params)
 
@@ -186,7 +190,8 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     from transformers import Trainer
 
     log = LossLog(out / "training_log.jsonl")
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, processing_class=tokenizer,
+    collator = partial(collate_padded, multiple=2 * context_parallel) if context_parallel > 1 else collate
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
                       callbacks=[EpochCallback(dataset), log, *(callbacks or [])])
     result = trainer.train(resume_from_checkpoint=True if options.resume else None)
 
@@ -202,7 +207,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
         "steps": trainer.state.global_step, "final_loss": log.rows[-1]["loss"] if log.rows else None,
         "train_loss": result.training_loss, "tokens_seen": trainer.state.num_input_tokens_seen,
         "seconds": round(time.time() - started, 1), "precision": precision, "world_size": world,
-        "main_process": trainer.is_world_process_zero(),
+        "main_process": trainer.is_world_process_zero(), "context_parallel": context_parallel,
     }
     if options.lora_r:
         if trainer.is_world_process_zero():

@@ -106,6 +106,26 @@ class TrainingSet(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": labels, "position_ids": positions, "jumps": True}
 
 
+def collate_padded(rows: list[dict], multiple: int = 1) -> dict:
+    """Stack rows right-padded to a common length that is a multiple of ``multiple``, with a 2D attention mask.
+
+    Used under context parallelism (``multiple`` = 2 × cp size, as torch's load-balanced sharding needs): one
+    document per row, no packing (CP supports causal masks only, so packed documents would see each other);
+    ``position_ids`` travel with the tokens and are sharded with them by the Trainer.
+    """
+    length = max(r["input_ids"].numel() for r in rows)
+    length = -(-length // multiple) * multiple
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    positions = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = r["input_ids"].numel()
+        ids[i, :n], labels[i, :n], positions[i, :n], mask[i, :n] = r["input_ids"], r["labels"], r["position_ids"], 1
+        positions[i, n:] = torch.arange(1, length - n + 1) + r["position_ids"][-1]  # pads continue the count (masked)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask, "use_cache": False}
+
+
 def collate(rows: list[dict]) -> dict:
     """Batch rows for the model.
 
