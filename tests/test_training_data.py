@@ -181,3 +181,34 @@ def test_context_parallel_collate_pads_to_a_multiple_and_keeps_positions():
         padded = model(**{k: batch[k] for k in ("input_ids", "position_ids", "attention_mask")}).logits
         alone = model(input_ids=rows[1]["input_ids"][None]).logits
     assert torch.allclose(padded[1, :6], alone[0], atol=1e-5)
+
+
+def test_parquet_and_saved_dataset_sources(tmp_path):
+    from datasets import Dataset
+
+    tokenizer = tiny_tokenizer()
+    rows = [MULTI_TURN_OPENAI, MULTI_TURN_OPENAI]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "chat.parquet"))
+    Dataset.from_list([{"text": "one document"}, {"text": "another"}]).save_to_disk(str(tmp_path / "saved"))
+    chat, report = load_data(tmp_path / "chat.parquet", tokenizer)
+    assert report.kind == "chat" and len(chat) == 2 and labelled_text(tokenizer, chat[0]) == ["A one.</s>", "A two.</s>"]
+    text, report = load_data(tmp_path / "saved", tokenizer)
+    assert report.kind == "text" and [tokenizer.decode(e.input_ids[:-1]) for e in text] == ["one document\n", "another\n"]
+
+
+def test_synthetic_conversations_are_deterministic_and_answerable(tmp_path):
+    from ropekit.synthetic import synthetic_conversations
+
+    tokenizer = tiny_tokenizer()
+    source = tmp_path / "filler.txt"
+    source.write_text("\n".join(f"Line {i} of some public-domain filler text." for i in range(3000)))
+    a = synthetic_conversations(tokenizer, 6, max_tokens=2000, seed=3, source=str(source))
+    b = synthetic_conversations(tokenizer, 6, max_tokens=2000, seed=3, source=str(source))
+    assert a == b and a != synthetic_conversations(tokenizer, 6, max_tokens=2000, seed=4, source=str(source))
+    for row in a:
+        messages = row["messages"]
+        assert messages[0]["role"] == "user" and messages[-1]["role"] == "assistant"
+        document = messages[0]["content"]
+        for answer in (m["content"] for m in messages if m["role"] == "assistant"):
+            value = answer.rstrip(".").split(" is ")[-1].strip('"<>')
+            assert value in document  # the answer is planted in the context
