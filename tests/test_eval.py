@@ -117,24 +117,25 @@ def test_compare_end_to_end_on_a_tiny_checkpoint(tmp_path):
     text.write_text("Of Mans First Disobedience, and the Fruit of that Forbidden Tree. " * 40)
     from ropekit.compare import compare, summary_rows
 
+    tasks = {"passkey": {"trials": 2}, "ppl": {"windows": 1, "tail": 64, "source": str(text)}}
     results = compare(model=str(tmp_path / "model"), methods=["none", "yarn", "eabf"], target_length=512, lengths=[300, 400],
-                      trials=2, windows=1, tail=64, output=tmp_path / "out", device="cpu", ppl_source=str(text), progress=False)
+                      tasks=tasks, output=tmp_path / "out", device="cpu", progress=False)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(saved["methods"]) == {"none", "yarn", "eabf"}
-    assert saved["methods"]["yarn"]["record"]["method"] == "yarn"
-    assert saved["methods"]["none"]["record"] is None
+    assert [r["label"] for r in saved["runs"]] == ["none", "yarn", "eabf"]
+    assert saved["runs"][1]["record"]["method"] == "yarn" and saved["runs"][0]["record"] is None
     header, rows = summary_rows(saved)
-    assert header == ["method", "passkey 300", "passkey 400", "PPL 300", "PPL 400"] and len(rows) == 3
-    with pytest.raises(ropekit.RopekitError, match="already exists"):
-        compare(model=str(tmp_path / "model"), methods=["none"], output=tmp_path / "out")
+    assert header == ["run", "passkey 300", "passkey 400", "ppl 300", "ppl 400"] and len(rows) == 3
+    assert results["runs"][2]["results"]["passkey"]["300"]["n"] == 2
 
 
 def test_compare_rejects_bad_input_before_loading(tmp_path):
     from ropekit.compare import compare
 
     with pytest.raises(ropekit.RopekitError, match="unknown method"):
-        compare(model="/does/not/matter", methods=["none", "warp"])
+        compare(model="/does/not/matter", methods=["none", "warp"], output=tmp_path)
     with pytest.raises(ropekit.RopekitError, match="unknown task"):
-        compare(model="/does/not/matter", tasks=["passkey", "vibes"])
+        compare(model="/does/not/matter", tasks={"passkey": {}, "vibes": {}}, output=tmp_path)
     with pytest.raises(ropekit.RopekitError, match="belongs to none"):
-        compare(model="/does/not/matter", methods=["none", "yarn"], params={"theta": 1e6})
+        compare(model="/does/not/matter", methods=["none", "yarn"], params={"theta": 1e6}, output=tmp_path)
+    with pytest.raises(ropekit.RopekitError, match="no such model"):
+        compare(model="/does/not/exist", methods=["none"], output=tmp_path)

@@ -22,6 +22,7 @@ behaves the same whether loaded with ``ropekit.load_model`` or with ``from_pretr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import Callable
@@ -150,9 +151,27 @@ def _eager_of(module) -> Callable:
     return fn
 
 
+_OBSERVERS: list[Callable] = []
+
+
+@contextlib.contextmanager
+def observe(callback: Callable):
+    """Call ``callback(module, query, key, attention_mask, scaling, softcap, position_ids)`` in every attention layer
+    while the context is open, with the query as the backend sees it (post-RoPE, logit scale applied) and the full
+    key (cache included). Used by the attention-entropy probe; costs nothing when no observer is open."""
+    _OBSERVERS.append(callback)
+    try:
+        yield
+    finally:
+        _OBSERVERS.remove(callback)
+
+
 def _apply_plan(inner: Callable, module, query, key, value, attention_mask, **kwargs):
     plan = getattr(module.config, "ropekit", None)
     attention = plan.get("attention") if isinstance(plan, dict) else None
+    if _OBSERVERS and not attention:
+        for callback in _OBSERVERS:
+            callback(module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"), kwargs.get("position_ids"))
     if attention:
         layer = getattr(module, "layer_idx", None)
         scale = attention.get("logit_scale")
@@ -162,6 +181,8 @@ def _apply_plan(inner: Callable, module, query, key, value, attention_mask, **kw
                 raise RopekitError(f"{type(module).__name__} did not pass position_ids to its attention function",
                                    "the logit scale needs them; use a model architecture ropekit supports")
             query = scale_query(query, position_ids.to(query.device), scale["scale_length"])
+        for callback in _OBSERVERS:
+            callback(module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"), kwargs.get("position_ids"))
         extend = attention.get("self_extend")
         if extend and layer in extend["layers"]:
             return self_extend_attention(module, query, key, value, attention_mask, extend, **kwargs)

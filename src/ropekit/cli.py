@@ -116,43 +116,99 @@ def extend(model: str = typer.Argument(..., help="directory, .gguf file, hub id,
                   f"target={record['target_length']}  rope={json.dumps(loaded.config.rope_parameters)}", highlight=False)
 
 
-@app.command()
-@friendly
-def compare(model: str = typer.Option(DEFAULT_MODEL, "--model", help="base model: directory, .gguf, hub id or smollm2-135m"),
-            methods: str = typer.Option("none,yarn,eabf", help="comma-separated methods (a+b combines)"),
-            target_length: str = typer.Option("32k", "--target-length", "-t", help="target window for every method"),
-            lengths: str = typer.Option("4k,12k", help="evaluation lengths; the CPU default stays ≤ 12K tokens"),
-            tasks: str = typer.Option("passkey,ppl", help="passkey, ppl"),
-            trials: int = typer.Option(1, min=1, help="passkey trials per length (depths spread by the seed)"),
-            windows: int = typer.Option(1, min=1, help="perplexity windows per length"),
-            param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="method parameter, e.g. yarn.factor=8 (repeatable)"),
-            seed: int = typer.Option(0, help="seed for keys, depths and windows"),
-            output: Optional[Path] = typer.Option(None, "--output", "-o", help="directory for results.json (default ./ropekit-results/compare-<time>)"),
-            device: str = typer.Option("auto", help="auto, cpu, cuda"),
-            dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")):
-    """Compare the original model with training-free extensions on passkey retrieval and perplexity.
-
-    With no arguments: SmolLM2-135M (8K native), the original next to YaRN and Entropy-Aware ABF at target 32K,
-    evaluated at 4K and 12K tokens: about 7.5 minutes on 2 CPU cores. On a GPU use e.g.
-    --methods none,ntk,dynamic,yarn,eabf --lengths 4k,8k,16k,32k --trials 20 --windows 3.
-    """
-    from .compare import compare as run_compare
+def _print_results(results: dict) -> None:
     from .compare import summary_rows
-    from .lengths import parse_lengths
 
-    out = output or Path("ropekit-results") / datetime.now().strftime("compare-%Y%m%d-%H%M%S")
-    results = run_compare(model=model, methods=[m for m in methods.split(",") if m.strip()], target_length=target_length,
-                          lengths=parse_lengths(lengths), tasks=[t.strip() for t in tasks.split(",") if t.strip()], trials=trials,
-                          windows=windows, seed=seed, params=parse_params(param), output=out, device=device, dtype=dtype)
     header, rows = summary_rows(results)
-    table = Table(title=f"{model}, target {target_length}: passkey % ({trials} trial(s) per length), "
-                        f"PPL of the last {results['tail']} tokens")
+    table = Table(title=f"{results['kind']}: score per task and length (passkey/niah/lines/kv/ruler/longbench: %, ppl: perplexity)")
     for column in header:
-        table.add_column(column, justify="right" if column != "method" else "left")
+        table.add_column(column, justify="left" if column == "run" else "right")
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print(f"results: {results['path']}  ({results['seconds']:.0f} s, {results['environment']['device']})", highlight=False)
+    console.print(f"results: {results['path']}  ({results['seconds']:.0f} s, {results['environment']['device']}); "
+                  f"render with `ropekit report {Path(results['path']).parent}`", highlight=False)
+
+
+def _tasks(tasks: str, options: list[str] | None) -> dict:
+    from .eval.runner import parse_task_options
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise RopekitError("no task given", "pass e.g. --tasks passkey,ppl")
+    return parse_task_options(options, names)
+
+
+TASKS_HELP = "comma-separated: ppl, passkey, niah, lines, kv, ruler, longbench, entropy"
+
+
+@app.command()
+@friendly
+def compare(model: str = typer.Option(DEFAULT_MODEL, "--model", help="base model: directory, .gguf, hub id or smollm2-135m"),
+            methods: str = typer.Option("none,yarn,eabf", help="comma-separated methods applied to --model (a+b combines)"),
+            checkpoints: Optional[str] = typer.Option(None, help="comma-separated checkpoint directories evaluated as they are"),
+            target_length: str = typer.Option("32k", "--target-length", "-t", help="target window for every method"),
+            lengths: str = typer.Option("4k,12k", help="evaluation lengths; the CPU default stays ≤ 12K tokens"),
+            tasks: str = typer.Option("passkey,ppl", help=TASKS_HELP),
+            task_option: Optional[List[str]] = typer.Option(None, "--task-option", help="task.option=JSON, e.g. passkey.trials=20 (repeatable)"),
+            trials: int = typer.Option(1, min=1, help="passkey trials per length (shortcut for --task-option passkey.trials=N)"),
+            windows: int = typer.Option(1, min=1, help="perplexity windows per length (shortcut for ppl.windows=N)"),
+            param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="method parameter, e.g. yarn.factor=8 (repeatable)"),
+            seed: int = typer.Option(0, help="seed for every generated sample"),
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="results directory (default ./ropekit-results/compare-<time>); re-running resumes"),
+            device: str = typer.Option("auto", help="auto, cpu, cuda"),
+            dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")):
+    """Compare the original model with extensions (and checkpoints) side by side.
+
+    With no arguments: SmolLM2-135M (8K native), the original next to YaRN and Entropy-Aware ABF at target 32K,
+    passkey and perplexity at 4K and 12K tokens: about 7.5 minutes on 2 CPU cores. On a GPU use e.g.
+    --methods none,ntk,dynamic,yarn,eabf --lengths 4k,8k,16k,32k --tasks passkey,niah,ppl --trials 20 --windows 3.
+    """
+    from .compare import compare as run_compare
+    from .lengths import parse_lengths
+
+    task_options = _tasks(tasks, task_option)
+    task_options.get("passkey", {}).setdefault("trials", trials)
+    task_options.get("ppl", {}).setdefault("windows", windows)
+    out = output or Path("ropekit-results") / datetime.now().strftime("compare-%Y%m%d-%H%M%S")
+    results = run_compare(model=model, methods=[m for m in methods.split(",") if m.strip()], target_length=target_length,
+                          lengths=parse_lengths(lengths), tasks=task_options, seed=seed, params=parse_params(param),
+                          checkpoints=[c for c in (checkpoints or "").split(",") if c.strip()], output=out, device=device, dtype=dtype)
+    _print_results(results)
+
+
+@app.command("eval")
+@friendly
+def evaluate(model: str = typer.Argument(..., help="checkpoint directory (e.g. from `ropekit train`), .gguf, hub id or smollm2-135m"),
+             tasks: str = typer.Option("passkey,niah,ppl", help=TASKS_HELP),
+             lengths: str = typer.Option("4k,8k", help="evaluation lengths, e.g. 4k,8k,16k,32k"),
+             task_option: Optional[List[str]] = typer.Option(None, "--task-option", help="task.option=JSON, e.g. niah.trials=2 (repeatable)"),
+             method: Optional[str] = typer.Option(None, "--method", "-m", help="apply a method first (training-free evaluation)"),
+             target_length: Optional[str] = typer.Option(None, "--target-length", "-t", help="target window for --method"),
+             param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="method parameter key=value (repeatable)"),
+             seed: int = typer.Option(0),
+             output: Optional[Path] = typer.Option(None, "--output", "-o", help="results directory (default ./ropekit-results/eval-<time>); re-running resumes"),
+             device: str = typer.Option("auto"),
+             dtype: str = typer.Option("auto")):
+    """Evaluate one model on long-context tasks at several lengths; writes results.json (render with `ropekit report`)."""
+    from .eval.runner import RunSpec
+    from .eval.runner import evaluate as run_evaluate
+    from .lengths import parse_lengths
+
+    out = output or Path("ropekit-results") / datetime.now().strftime("eval-%Y%m%d-%H%M%S")
+    spec = RunSpec(model, method, parse_params(param), target_length)
+    results = run_evaluate([spec], _tasks(tasks, task_option), parse_lengths(lengths), out, seed=seed, device=device, dtype=dtype)
+    _print_results(results)
+
+
+@app.command()
+@friendly
+def report(directory: Path = typer.Argument(..., help="an --output directory of `ropekit eval` or `ropekit compare`")):
+    """Render results.json into report.html (self-contained) and report.md with tables and PNG plots."""
+    from .report import render
+
+    md, page = render(directory)
+    console.print(f"[green]wrote[/] {page} and {md}", highlight=False)
 
 
 @app.command()

@@ -1,6 +1,9 @@
-"""Long-context evaluation: perplexity vs length and retrieval tasks, scored the same way for every method."""
+"""Long-context evaluation: every task is a registered plug-in (``ropekit.eval.tasks.TASKS``) scored the same way for
+every model and method; :func:`ropekit.eval.runner.evaluate` runs tasks × lengths with a resumable cache."""
 
+from . import entropy, niah, passkey, perplexity, retrieval  # noqa: F401  (register the tasks)
 from .passkey import run_passkey
 from .perplexity import run_perplexity
+from .tasks import TASKS, get_task
 
-__all__ = ["run_passkey", "run_perplexity"]
+__all__ = ["TASKS", "get_task", "run_passkey", "run_perplexity"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from .scoring import score_answers
+from .tasks import Task, register
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
          "I will quiz you about the important information there.\n\n")
@@ -67,3 +68,12 @@ def run_passkey(model, tokenizer, lengths: list[int], trials: int = 20, seed: in
                  "predicted": tokenizer.decode(r.predicted)} for s, r in zip(samples, scored)]
         out["lengths"][str(length)] = {"accuracy": 100.0 * sum(r["correct"] for r in rows) / len(rows), "trials": rows}
     return out
+
+
+def _run(model, tokenizer, lengths, seed=0, progress=True, trials=20, depths=None, batch_size=1):
+    result = run_passkey(model, tokenizer, list(lengths), trials=trials, seed=seed, depths=depths, batch_size=batch_size, progress=progress)
+    return {int(length): {"score": r["accuracy"], "n": len(r["trials"]), "trials": r["trials"]} for length, r in result["lengths"].items()}
+
+
+register(Task("passkey", "5-digit pass key at random depths in repeated filler (Mohtashami & Jaggi 2023)", "accuracy %", True, _run,
+              {"trials": 20, "depths": None, "batch_size": 1}))

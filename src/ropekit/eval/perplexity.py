@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..extension import reset_rope_state, rope_depends_on_length
 from .corpus import text_tokens
 from .scoring import model_device
+from .tasks import Task, register
 
 def window_offsets(total: int, length: int, windows: int) -> list[int]:
     if windows == 1 or total <= length:
@@ -71,3 +72,13 @@ def run_perplexity(model, tokenizer, lengths: list[int], windows: int = 3, tail:
         mean = total / count
         out["lengths"][str(length)] = {"ppl": math.exp(mean), "nll": mean, "windows": rows}
     return out
+
+
+def _run(model, tokenizer, lengths, seed=0, progress=True, windows=3, tail=1024, source="paradise_lost"):
+    result = run_perplexity(model, tokenizer, list(lengths), windows=windows, tail=tail, source=source, progress=progress)
+    return {int(length): {"score": r["ppl"], "nll": r["nll"], "n": len(r["windows"]), "windows": r["windows"], "tail": tail, "source": source}
+            for length, r in result["lengths"].items()}
+
+
+register(Task("ppl", "perplexity of the last `tail` tokens of windows of natural text (one forward serves all lengths)",
+              "perplexity", False, _run, {"windows": 3, "tail": 1024, "source": "paradise_lost"}, kind="natural"))

