@@ -25,7 +25,7 @@ def hay(tmp_path_factory):
 
 
 def test_every_advertised_task_is_registered():
-    assert {"ppl", "passkey", "niah", "lines", "kv", "entropy"} <= set(TASKS)
+    assert {"ppl", "passkey", "niah", "lines", "kv", "ruler", "longbench", "entropy"} <= set(TASKS)
 
 
 def test_niah_cells_exact_length_deterministic_and_needle_at_depth(hay):
