@@ -120,3 +120,11 @@ def test_two_processes_match_one(workspace, tmp_path):
     summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
     assert summary["world_size"] == 2
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+
+
+def test_memory_options_do_not_change_the_losses(workspace, tmp_path):
+    plain = train(options(workspace, tmp_path / "plain", max_steps=4, chunked_loss=False))
+    lean = train(options(workspace, tmp_path / "lean", max_steps=4, chunked_loss=True, loss_chunk=64, tile_mlp=32, offload_activations=True))
+    assert lean["memory"] == {"chunked_loss": True, "liger": False, "tile_mlp": 32, "offload_activations": True}
+    assert losses(tmp_path / "lean") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
+    assert plain["memory"]["chunked_loss"] is False

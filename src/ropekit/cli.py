@@ -242,6 +242,10 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
           lora_targets: str = typer.Option("all-linear", help="all-linear or module names, e.g. q_proj,k_proj,v_proj,o_proj"),
           train_embeddings_and_norms: bool = typer.Option(False, help="LongLoRA+: also train embeddings and norm layers"),
           gradient_checkpointing: bool = typer.Option(True),
+          chunked_loss: bool = typer.Option(True, help="loss from hidden states in chunks (full logits never materialise; exact)"),
+          tile_mlp: int = typer.Option(0, help="run decoder MLPs over tiles of N tokens (ALST-style; exact); 0 = off"),
+          offload_activations: bool = typer.Option(False, help="keep saved activations in pinned CPU memory"),
+          liger: str = typer.Option("auto", help="liger-kernel fused kernels: auto (if installed, on GPU), on, off"),
           precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp32"),
           attn_implementation: Optional[str] = typer.Option(None, help="sdpa, eager, flash_attention_2, flex_attention"),
           seed: int = typer.Option(0),
@@ -261,7 +265,8 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
         samples=samples, min_tokens=min_tokens, pack=pack, learning_rate=lr, schedule=schedule, warmup_steps=warmup_steps,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, weight_decay=weight_decay,
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, train_embeddings_and_norms=train_embeddings_and_norms,
-        gradient_checkpointing=gradient_checkpointing, precision=precision, attn_implementation=attn_implementation,
+        gradient_checkpointing=gradient_checkpointing, chunked_loss=chunked_loss, tile_mlp=tile_mlp,
+        offload_activations=offload_activations, liger=liger, precision=precision, attn_implementation=attn_implementation,
         seed=seed, save_steps=save_steps, resume=resume, overwrite=overwrite, device=device))
     if not summary["main_process"]:
         return

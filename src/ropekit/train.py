@@ -8,6 +8,7 @@ merge, save, summarise. Multi-GPU and multi-node runs use the same function unde
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import time
@@ -20,9 +21,10 @@ from .embedded import DEFAULT_MODEL
 from .errors import RopekitError
 from .extension import extend, native_length_of
 from .lengths import parse_length
+from .memory import make_chunked_loss, tile_mlp, untile_mlp
 from .models import load_model
 from .positions import check_params, get_strategy
-from .training import EpochCallback, LossLog, TrainingSet, collate, collate_padded, get_recipe
+from .training import EpochCallback, LossLog, RopekitTrainer, TrainingSet, collate, collate_padded, get_recipe
 
 
 @dataclass
@@ -58,6 +60,11 @@ class TrainOptions:
     lora_targets: str = "all-linear"
     train_embeddings_and_norms: bool = False  # LongLoRA+: embeddings and norms trainable next to LoRA
     gradient_checkpointing: bool = True
+    chunked_loss: bool = True  # loss from hidden states in chunks: full logits never materialise (exact)
+    loss_chunk: int = 4096
+    tile_mlp: int = 0  # >0: run decoder MLPs over tiles of this many tokens (ALST-style; exact)
+    offload_activations: bool = False  # keep saved activations in pinned CPU memory
+    liger: str = "auto"  # auto: liger-kernel's fused kernels when installed and on a GPU; "on"/"off"
     precision: str = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
     attn_implementation: str | None = None
     seed: int = 0
@@ -187,16 +194,25 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
                            "choose --batch-size divisible by micro batch × processes")
     args = _training_arguments(options, recipe, out, batch // (options.micro_batch_size * world), precision, on_gpu)
 
-    from transformers import Trainer
-
     log = LossLog(out / "training_log.jsonl")
     collator = partial(collate_padded, multiple=2 * context_parallel) if context_parallel > 1 else collate
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
-                      callbacks=[EpochCallback(dataset), log, *(callbacks or [])])
+    use_liger = options.liger == "on" or (options.liger == "auto" and on_gpu and importlib.util.find_spec("liger_kernel") is not None)
+    if use_liger:
+        args.use_liger_kernel = True
+    chunked = options.chunked_loss and not use_liger and context_parallel == 1
+    if chunked:  # ask the model for hidden states instead of logits; the loss runs in chunks
+        collator = partial(_with_hidden_states, collator)
+    if options.tile_mlp:
+        tile_mlp(model, options.tile_mlp)
+    trainer = RopekitTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
+                             callbacks=[EpochCallback(dataset), log, *(callbacks or [])],
+                             compute_loss_func=make_chunked_loss(model, options.loss_chunk) if chunked else None,
+                             offload_activations=options.offload_activations)
     result = trainer.train(resume_from_checkpoint=True if options.resume else None)
 
     if options.lora_r:
         model = trainer.model.merge_and_unload()
+    untile_mlp(model)
     model.config.use_cache = True
     summary = {
         "model": str(options.model), "method": method, "target_length": target, "native_length": native,
@@ -208,6 +224,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
         "train_loss": result.training_loss, "tokens_seen": trainer.state.num_input_tokens_seen,
         "seconds": round(time.time() - started, 1), "precision": precision, "world_size": world,
         "main_process": trainer.is_world_process_zero(), "context_parallel": context_parallel,
+        "memory": {"chunked_loss": chunked, "liger": use_liger, "tile_mlp": options.tile_mlp, "offload_activations": options.offload_activations},
     }
     if options.lora_r:
         if trainer.is_world_process_zero():
@@ -218,6 +235,13 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     if trainer.is_world_process_zero():
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _with_hidden_states(collator, rows):
+    batch = collator(rows)
+    batch["output_hidden_states"] = True
+    batch["logits_to_keep"] = 1
+    return batch
 
 
 def _training_arguments(options: TrainOptions, recipe, out: Path, accumulation: int, precision: str, on_gpu: bool):

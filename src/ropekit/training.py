@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from .data import IGNORE, Example
 from .errors import RopekitError
@@ -147,6 +147,20 @@ def collate(rows: list[dict]) -> dict:
         labels.append(row_labels)
     return {"input_ids": torch.cat([r["input_ids"] for r in rows])[None], "labels": torch.cat(labels)[None],
             "position_ids": torch.cat([r["position_ids"] for r in rows])[None], "use_cache": False}
+
+
+class RopekitTrainer(Trainer):
+    """The transformers Trainer, with saved activations optionally kept in CPU memory during each forward."""
+
+    def __init__(self, *args, offload_activations: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.offload_activations = offload_activations
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        from .memory import ActivationOffload
+
+        with ActivationOffload(self.offload_activations):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
 
 class EpochCallback(TrainerCallback):
