@@ -42,10 +42,33 @@ def logit_scale(position_ids: torch.Tensor, scale_length: int) -> torch.Tensor:
     return torch.clamp(torch.log1p(position_ids.float()) / math.log(scale_length), min=1.0)
 
 
-def scale_query(query: torch.Tensor, position_ids: torch.Tensor, scale_length: int) -> torch.Tensor:
-    """Multiply each query row by its t. query ``[B, H, S, D]``; position_ids ``[B or 1, S]``."""
-    t = logit_scale(position_ids, scale_length)[:, None, :, None]
+def _mul_in_fp32(query: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (query.float() * t).to(query.dtype)
+
+
+_FUSED = {"fn": None, "failed": False}
+
+
+def _fused_mul(query: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 on a GPU: one compiled kernel (read q, multiply in fp32, write q) instead of three passes."""
+    if not _FUSED["failed"]:
+        try:
+            if _FUSED["fn"] is None:
+                _FUSED["fn"] = torch.compile(_mul_in_fp32, dynamic=True, fullgraph=True)
+            return _FUSED["fn"](query, t)
+        except Exception:  # no compiler toolchain, unsupported device, …: the eager path is exact too
+            _FUSED["failed"] = True
+    return _mul_in_fp32(query, t)
+
+
+def scale_query(query: torch.Tensor, position_ids: torch.Tensor, scale_length: int) -> torch.Tensor:
+    """Multiply each query row by its t (computed in fp32). query ``[B, H, S, D]``; position_ids ``[B or 1, S]``."""
+    t = logit_scale(position_ids, scale_length)[:, None, :, None]
+    if query.dtype == torch.float32:
+        return query * t
+    if query.is_cuda and not torch.compiler.is_compiling():
+        return _fused_mul(query, t)
+    return _mul_in_fp32(query, t)
 
 
 def default_inv_freq(theta: float, rotary_dim: int, device) -> torch.Tensor:

