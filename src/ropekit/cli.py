@@ -278,6 +278,30 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
                   highlight=False)
 
 
+@app.command()
+@friendly
+def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) or smollm2-cpu-smoke (the pipeline at CPU scale)"),
+          output: Path = typer.Option(Path("ropekit-study"), "--output", "-o", help="directory; re-running resumes"),
+          only: Optional[str] = typer.Option(None, help="comma-separated run labels to run (default: all)"),
+          device: str = typer.Option("auto"),
+          list_runs: bool = typer.Option(False, "--list", help="print the preset's runs and exit")):
+    """Every method under the same fine-tuning budget, then one evaluation and report: a miniature of the EABF and
+    CREAM papers' tables (docs/results.md)."""
+    from .study import get_preset, preset_table
+    from .study import study as run_study
+
+    if list_runs:
+        chosen = get_preset(preset)
+        console.print(f"{chosen.name}: {chosen.description}", highlight=False)
+        for row in preset_table(preset):
+            console.print(f"  {row['label']:<20} {row['method']:<8} target {row['target']:<4} "
+                          f"{'trained, ' + row['recipe'] + ', ' + row['strategy'] if row['train'] else 'training-free'}", highlight=False)
+        return
+    results = run_study(preset, output, device=device, only=[o for o in (only or "").split(",") if o.strip()] or None)
+    _print_results(results)
+    console.print(f"summary: {Path(output) / 'study.md'}", highlight=False)
+
+
 def main():  # pragma: no cover - console entry point
     app()
 

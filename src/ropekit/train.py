@@ -131,7 +131,10 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
         if not rows:
             raise RopekitError(f"no document has the {train_length} tokens that {strategy} needs per sample",
                                "give longer documents, or a shorter --train-length")
-    if options.samples and options.data is not None:
+    if options.samples and strategy != "contiguous":
+        # position strategies draw fresh ids per index, so cycling through the documents gives new samples
+        rows = [rows[i % len(rows)] for i in range(options.samples)]
+    elif options.samples and options.data is not None:
         rows = rows[: options.samples]
     if not rows:
         raise RopekitError("no training examples are left after preparation", "check --min-tokens and the data")
