@@ -91,7 +91,7 @@ def rotate_by(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> t
     return torch.cat((rotated.to(x.dtype), rest), dim=-1)
 
 
-def _allowed(attention_mask, q_index: slice, batch: int, q_len: int, kv_len: int, device) -> torch.Tensor | None:
+def _allowed(attention_mask, q_index: slice) -> torch.Tensor | None:
     """The mask as booleans ``[B, 1, q, kv]`` (True = may attend), or None for the plain causal case."""
     if attention_mask is None:
         return None
@@ -150,7 +150,7 @@ def self_extend_attention(module, query, key, value, attention_mask, plan: dict,
         logits = torch.where((distance < window)[:, None], near, far) * scaling
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        allowed = _allowed(attention_mask, idx, batch, q_len, kv_len, query.device)
+        allowed = _allowed(attention_mask, idx)
         q_index = torch.arange(idx.start, idx.stop, device=query.device)
         causal = torch.arange(kv_len, device=query.device)[None, :] <= (q_index[:, None] + causal_offset)
         allowed = causal[None, None] if allowed is None else allowed & causal[None, None]
