@@ -132,12 +132,14 @@ def test_runner_caches_and_resumes(tmp_path, hay):
     tasks = {"passkey": {"trials": 2}, "niah": {"depths": [0, 1], "haystack": hay}}
     first = evaluate([RunSpec(str(tmp_path / "m"))], tasks, [400, 500], tmp_path / "out", device="cpu", progress=False)
     cached = sorted((tmp_path / "out" / "cache").glob("*.json"))
-    assert len(cached) == 4
+    assert len([p for p in cached if not p.name.startswith("run-")]) == 4
     stamp = {p: p.stat().st_mtime_ns for p in cached}
     again = evaluate([RunSpec(str(tmp_path / "m"))], tasks, [400, 500, 700], tmp_path / "out", device="cpu", progress=False)
     assert all(p.stat().st_mtime_ns == stamp[p] for p in cached)  # nothing recomputed
-    assert len(list((tmp_path / "out" / "cache").glob("*.json"))) == 6  # only the new length ran
+    assert len([p for p in (tmp_path / "out" / "cache").glob("*.json") if not p.name.startswith("run-")]) == 6  # only the new length ran
     assert again["runs"][0]["results"]["niah"]["400"] == first["runs"][0]["results"]["niah"]["400"]
+    third = evaluate([RunSpec(str(tmp_path / "m"))], tasks, [400], tmp_path / "out", device="cpu", progress=False)  # all cached
+    assert third["runs"][0]["native_length"] == 64 and "record" in third["runs"][0]
 
 
 def test_extended_checkpoint_evaluates_and_reports_end_to_end(tmp_path, hay):

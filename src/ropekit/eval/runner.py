@@ -117,10 +117,12 @@ def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], ou
         pending = {name: [n for n in lengths if not (out / "cache" / f"{cache_key(spec, name, opts, n, seed)}.json").exists()]
                    for name, opts in resolved.items()}
         model = tokenizer = None
-        if any(pending.values()):
+        facts_path = out / "cache" / f"run-{cache_key(spec, '', {}, 0, seed)}.json"
+        if any(pending.values()) or not facts_path.exists():
             model, tokenizer = _model_for(spec, loaded, device, dtype)
-            entry["record"] = getattr(model.config, "ropekit", None)
-            entry["native_length"] = native_length_of(model.config)
+            if not facts_path.exists():
+                _write_json(facts_path, {"record": getattr(model.config, "ropekit", None), "native_length": native_length_of(model.config)})
+        entry.update(json.loads(facts_path.read_text()))  # the model's extension record, also when every result is cached
         for name, opts in resolved.items():
             entry["results"][name] = {}
             todo = pending[name]
