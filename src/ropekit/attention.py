@@ -91,8 +91,9 @@ def rotate_by(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> t
     return torch.cat((rotated.to(x.dtype), rest), dim=-1)
 
 
-def _allowed(attention_mask, q_index: slice) -> torch.Tensor | None:
-    """The mask as booleans ``[B, 1, q, kv]`` (True = may attend), or None for the plain causal case."""
+def visible_keys(attention_mask, q_index) -> torch.Tensor | None:
+    """The mask rows ``q_index`` (a slice or index tensor) as booleans ``[B, 1, q, kv]`` (True = may attend), or
+    None when there is no mask (the plain causal case). Accepts 4D boolean or additive masks and 2D padding masks."""
     if attention_mask is None:
         return None
     if attention_mask.dim() == 4:
@@ -150,7 +151,7 @@ def self_extend_attention(module, query, key, value, attention_mask, plan: dict,
         logits = torch.where((distance < window)[:, None], near, far) * scaling
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        allowed = _allowed(attention_mask, idx)
+        allowed = visible_keys(attention_mask, idx)
         q_index = torch.arange(idx.start, idx.stop, device=query.device)
         causal = torch.arange(kv_len, device=query.device)[None, :] <= (q_index[:, None] + causal_offset)
         allowed = causal[None, None] if allowed is None else allowed & causal[None, None]
@@ -192,23 +193,19 @@ def observe(callback: Callable):
 def _apply_plan(inner: Callable, module, query, key, value, attention_mask, **kwargs):
     plan = getattr(module.config, "ropekit", None)
     attention = plan.get("attention") if isinstance(plan, dict) else None
-    if _OBSERVERS and not attention:
-        for callback in _OBSERVERS:
-            callback(module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"), kwargs.get("position_ids"))
-    if attention:
-        layer = getattr(module, "layer_idx", None)
-        scale = attention.get("logit_scale")
-        if scale and layer in scale["layers"]:
-            position_ids = kwargs.get("position_ids")
-            if position_ids is None:
-                raise RopekitError(f"{type(module).__name__} did not pass position_ids to its attention function",
-                                   "the logit scale needs them; use a model architecture ropekit supports")
-            query = scale_query(query, position_ids.to(query.device), scale["scale_length"])
-        for callback in _OBSERVERS:
-            callback(module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"), kwargs.get("position_ids"))
-        extend = attention.get("self_extend")
-        if extend and layer in extend["layers"]:
-            return self_extend_attention(module, query, key, value, attention_mask, extend, **kwargs)
+    layer = getattr(module, "layer_idx", None)
+    scale = attention.get("logit_scale") if attention else None
+    if scale and layer in scale["layers"]:
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None:
+            raise RopekitError(f"{type(module).__name__} did not pass position_ids to its attention function",
+                               "the logit scale needs them; use a model architecture ropekit supports")
+        query = scale_query(query, position_ids.to(query.device), scale["scale_length"])
+    for callback in _OBSERVERS:
+        callback(module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"), kwargs.get("position_ids"))
+    extend = attention.get("self_extend") if attention else None
+    if extend and layer in extend["layers"]:
+        return self_extend_attention(module, query, key, value, attention_mask, extend, **kwargs)
     return inner(module, query, key, value, attention_mask, **kwargs)
 
 

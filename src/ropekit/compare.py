@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .embedded import DEFAULT_MODEL
 from .errors import RopekitError
-from .eval.runner import RunSpec, evaluate
+from .eval.runner import RunSpec, evaluate, format_score, score_of
 from .lengths import format_length
 from .registry import split_methods
 
@@ -66,7 +66,6 @@ def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         row = [run["label"]]
         for task, meta in results["tasks"].items():
             for n in lengths:
-                score = run["results"].get(task, {}).get(str(n), {}).get("score")
-                row.append("-" if score is None else (f"{score:.1f}" if not meta["higher_is_better"] else f"{score:.0f}"))
+                row.append(format_score(score_of(run, task, n), meta["higher_is_better"]))
         rows.append(row)
     return header, rows

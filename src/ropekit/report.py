@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from .errors import RopekitError
+from .eval.runner import format_score, score_of
 from .lengths import format_length
 
 
@@ -40,8 +41,12 @@ def _plt():
     return plt
 
 
-def _score(run, task, length):
-    return run["results"].get(task, {}).get(str(length), {}).get("score")
+def _save(fig, path: Path) -> Path:
+    plt = _plt()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_scores_vs_length(results: dict, task: str, path: Path) -> Path:
@@ -50,7 +55,7 @@ def plot_scores_vs_length(results: dict, task: str, path: Path) -> Path:
     meta = results["tasks"][task]
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for run in results["runs"]:
-        ys = [_score(run, task, n) for n in lengths]
+        ys = [score_of(run, task, n) for n in lengths]
         ax.plot([n for n, y in zip(lengths, ys) if y is not None], [y for y in ys if y is not None], marker="o", label=run["label"])
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [format_length(n) for n in lengths])
@@ -63,10 +68,7 @@ def plot_scores_vs_length(results: dict, task: str, path: Path) -> Path:
         ax.axvline(native, color="grey", linestyle=":", linewidth=1)
     ax.set_title(f"{task}: {meta['metric']} vs length ({'higher' if meta['higher_is_better'] else 'lower'} is better)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_niah(results: dict, run: dict, path: Path) -> Path:
@@ -85,10 +87,7 @@ def plot_niah(results: dict, run: dict, path: Path) -> Path:
             ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7)
     ax.set_title(f"NIAH — {run['label']}", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.046, label="accuracy %")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_positions(results: dict, task: str, path: Path) -> Path:
@@ -106,10 +105,7 @@ def plot_positions(results: dict, task: str, path: Path) -> Path:
         ax.set_ylim(-5, 105)
     axes[0][0].set_ylabel("accuracy %")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_entropy(results: dict, run: dict, path: Path) -> Path:
@@ -134,10 +130,7 @@ def plot_entropy(results: dict, run: dict, path: Path) -> Path:
         ax.set_ylabel("entropy (nats)")
         ax.set_title(f"{run['label']} @ {format_length(n)}", fontsize=9)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _safe(name: str) -> str:
@@ -170,8 +163,7 @@ def render(directory: str | Path) -> tuple[Path, Path]:
         for run in results["runs"]:
             cells = []
             for n in lengths:
-                score = _score(run, task, n)
-                cells.append("-" if score is None else (f"{score:.2f}" if not meta["higher_is_better"] else f"{score:.1f}"))
+                cells.append(format_score(score_of(run, task, n), meta["higher_is_better"], digits=1))
             md.append(f"| {run['label']} | " + " | ".join(cells) + " |")
         md.append("")
         if task == "entropy":

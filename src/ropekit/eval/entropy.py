@@ -21,7 +21,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..attention import observe
+from ..attention import observe, visible_keys
 from ..extension import reset_rope_state
 from .corpus import text_tokens
 from .perplexity import window_offsets
@@ -43,7 +43,7 @@ def row_entropy(query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor, scal
     """Entropy (nats) and visible-key count for query ``rows``.
 
     query ``[B, H, Sq, D]``; key ``[B, Hkv, Skv, D]`` (GQA expanded here); rows ``[R]`` indices into Sq;
-    attention_mask ``None`` (causal), bool ``[B, 1, Sq, Skv]`` (True = visible) or additive float of that shape.
+    attention_mask ``None`` (causal), bool or additive ``[B, 1, Sq, Skv]``, or a 2D padding mask ``[B, Skv]``.
     Returns H ``[B, H, R]`` and n ``[B, 1, R]``.
     """
     batch, heads, q_len, _ = query.shape
@@ -56,9 +56,9 @@ def row_entropy(query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor, scal
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
         visible = (torch.arange(kv_len, device=query.device)[None, :] <= (idx[:, None] + kv_len - q_len))[None, None]
-        if attention_mask is not None and attention_mask.dim() == 4:
-            m = attention_mask[:, :, idx]
-            visible = visible & (m if m.dtype == torch.bool else m > torch.finfo(m.dtype).min / 2)
+        masked = visible_keys(attention_mask, idx)
+        if masked is not None:
+            visible = visible & masked
         logits = logits.masked_fill(~visible, float("-inf"))
         logp = torch.log_softmax(logits, dim=-1)
         entropies.append(-(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1))

@@ -27,7 +27,7 @@ from ..errors import RopekitError
 from ..extension import reset_rope_state, rope_depends_on_length, sliding_layers, text_config
 from .corpus import text_tokens
 from .scoring import model_device, score_answers
-from .tasks import Task, register
+from .tasks import Task, evenly_spaced, register
 
 INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
          "I will quiz you about the numbers afterwards.\n")
@@ -38,7 +38,7 @@ KEYS = ["amber-harbor", "silent-meadow", "copper-lantern", "velvet-canyon", "hol
 
 
 def default_depths(count: int = 10) -> list[float]:
-    return [round(i / (count - 1), 4) for i in range(count)]
+    return evenly_spaced(count)
 
 
 def _snap(haystack: list[int], position: int, newline_ids: set[int]) -> int:

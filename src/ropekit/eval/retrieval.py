@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import RopekitError
 from .scoring import score_answers
-from .tasks import Task, register
+from .tasks import Task, evenly_spaced, register
 
 ADJECTIVES = ["righteous", "silent", "brisk", "amber", "clever", "dusty", "eager", "fancy", "gentle", "hollow", "icy", "jolly",
               "kind", "lucky", "mellow", "noble", "odd", "proud", "quick", "rusty", "shy", "tidy", "urban", "vivid", "witty", "young"]
@@ -36,10 +36,6 @@ LINES_INTRO = ("Below is a record of lines I want you to remember. Each line beg
 LINES_QUESTION = "\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {name}? I need the number.\nThe <REGISTER_CONTENT> in line {name} is <"
 KV_INTRO = "Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n"
 KV_QUESTION = '\n\nKey: "{key}"\nCorresponding value: "'
-
-
-def default_positions(count: int = 5) -> list[float]:
-    return [round(i / (count - 1), 4) for i in range(count)]
 
 
 def _fit(task: str, count_tokens, low: int, high: int, length: int) -> int:
@@ -99,7 +95,7 @@ def kv_sample(tokenizer, length: int, position: float, rng: random.Random):
 
 
 def _run_positions(name, make, model, tokenizer, lengths, seed, progress, positions, trials, batch_size):
-    positions = positions or default_positions()
+    positions = positions or evenly_spaced(5)
     out = {}
     bar = tqdm(total=len(lengths) * len(positions) * trials, desc=name, disable=not progress, leave=False)
     for length in lengths:

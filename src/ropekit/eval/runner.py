@@ -144,6 +144,18 @@ def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], ou
     return results
 
 
+def score_of(run: dict, task: str, length: int):
+    """A run's headline score for a task at a length, or None when it was not evaluated."""
+    return run["results"].get(task, {}).get(str(length), {}).get("score")
+
+
+def format_score(score, higher_is_better: bool, digits: int = 0) -> str:
+    """Accuracies as whole percents (``digits`` more if asked), perplexity-like scores with one more decimal."""
+    if score is None:
+        return "-"
+    return f"{score:.{digits + (0 if higher_is_better else 1)}f}"
+
+
 def _model_for(spec: RunSpec, loaded: dict, device: str, dtype: str):
     """Load (once per source) and apply the run's method to a copy."""
     key = str(spec.model)

@@ -44,6 +44,11 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def evenly_spaced(count: int) -> list[float]:
+    """``count`` fractions from 0 to 1 inclusive (needle depths, gold-item positions)."""
+    return [round(i / (count - 1), 4) for i in range(count)] if count > 1 else [0.5]
+
+
 def check_options(task: Task, options: dict) -> dict:
     unknown = sorted(set(options) - set(task.options))
     if unknown:
