@@ -3,7 +3,7 @@ embedded default model. Weights load through safetensors or GGUF only; nothing a
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import re
 from pathlib import Path
 
@@ -37,12 +37,17 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return names[dtype]
 
 
+@contextlib.contextmanager
 def _quiet_transformers():
+    """transformers logs only errors inside the block (loading warnings are not the user's business here)."""
     from transformers.utils import logging as hf_logging
 
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
-    return previous
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
@@ -54,15 +59,13 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         import gguf  # noqa: F401
     except ImportError:
         raise RopekitError("loading a .gguf file needs the 'gguf' package", "pip install gguf") from None
-    previous = _quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     except (ValueError, OSError, KeyError) as err:
         raise RopekitError(f"transformers could not load the GGUF file {path} ({str(err).splitlines()[0][:200]})",
                            "pass a GGUF of a supported architecture, or a directory with config.json and .safetensors") from None
-    finally:
-        logging.getLogger("transformers").setLevel(previous)
     # The weights are now dense; drop the GGUF quantizer so the model can be saved with save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -127,10 +130,10 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
         kwargs = {"dtype": target_dtype, "use_safetensors": True}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        previous = _quiet_transformers()
         try:
-            tokenizer = _load_tokenizer(source, kind)
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            with _quiet_transformers():
+                tokenizer = _load_tokenizer(source, kind)
+                model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except OSError as err:
             if kind == "hub":
                 raise RopekitError(f"{source!r} is no local path and could not be loaded from the model hub ({str(err).splitlines()[0][:160]})",
@@ -139,8 +142,6 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
         except ValueError as err:
             raise RopekitError(f"transformers could not load {source} ({str(err).splitlines()[0][:200]})",
                                "pass a causal LM checkpoint of a supported architecture") from None
-        finally:
-            logging.getLogger("transformers").setLevel(previous)
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(target_device)
