@@ -123,52 +123,73 @@ def _choose_kernel(kernel: str, query: torch.Tensor) -> str:
     return "sdpa"
 
 
-def _gather_kv_heads(heads: range, rep: int, kv_heads: int) -> tuple[slice | torch.Tensor, int]:
-    """Key/value heads for a block of query heads: a slice and the GQA factor when the block is aligned with the
-    key/value groups, else one key/value head per query head (an index; factor 1)."""
-    if heads.start % rep == 0 and heads.stop % rep == 0:
-        return slice(heads.start // rep, heads.stop // rep), rep
-    return torch.tensor([h // rep for h in heads]), 1
+def head_blocks(first: int, stop: int, rep: int) -> list[tuple[range, range]]:
+    """Query heads ``[first, stop)`` cut into blocks that each read a contiguous run of key/value heads with a uniform
+    GQA factor: whole key/value groups together, a partly covered group (odd H) on its own. (query heads, kv heads)."""
+    blocks, head = [], first
+    while head < stop:
+        if head % rep == 0 and stop - head >= rep:
+            end = head + rep * ((stop - head) // rep)
+        else:
+            end = min(stop, (head // rep + 1) * rep)
+        blocks.append((range(head, end), range(head // rep, (end - 1) // rep + 1)))
+        head = end
+    return blocks
 
 
-def _expand(x: torch.Tensor, rep: int) -> torch.Tensor:
-    """``[n, ℓ, h_kv, D]`` → ``[n, ℓ, h_kv·rep, D]``, key/value head j serving query heads j·rep … j·rep+rep−1."""
-    if rep == 1:
-        return x
-    n, length, kv, dim = x.shape
-    return x[:, :, :, None].expand(n, length, kv, rep, dim).reshape(n, length, kv * rep, dim)
+def layout(spans: list[tuple[int, int]], total: int) -> list[tuple[int, int]]:
+    """Cover ``[0, total)`` in order with pieces ``(count, length)``: ``count`` consecutive groups of ``length``
+    tokens (adjacent groups of equal length merged, so one SDPA call serves them), or ``(0, length)`` for tokens in
+    no group (padding). ``spans``: ``(flat start, length)``, non-overlapping."""
+    pieces, cursor = [], 0
+    for start, length in sorted(spans):
+        if start > cursor:
+            pieces.append((0, start - cursor))
+        elif start < cursor:
+            raise ValueError("S²-Attn groups overlap")
+        count, previous = (pieces[-1] if pieces else (0, 0))
+        if count and previous == length and start == cursor:
+            pieces[-1] = (count + 1, length)
+        else:
+            pieces.append((1, length))
+        cursor = start + length
+    if cursor < total:
+        pieces.append((0, total - cursor))
+    return pieces
 
 
-def _attend_half(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rep: int, spans: list[tuple[int, int]], scale: float,
-                 dropout: float, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal attention inside each span of one half of the heads.
+def _sdpa_pieces(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces: list[tuple[int, int]], scale: float,
+                 dropout: float) -> torch.Tensor:
+    """q ``[T, h, D]``, k/v ``[T, h_kv, D]`` (token-major views) → ``[T, h, D]``: causal SDPA per group, zeros elsewhere.
+    Each run of equal groups is a zero-copy 4-D view ``[groups, heads, G, D]``; splitting (not slicing) the token
+    axis keeps the backward to one concatenation."""
+    sizes = [count * length if count else length for count, length in pieces]
+    outputs = []
+    for (count, length), qp, kp, vp in zip(pieces, q.split(sizes), k.split(sizes), v.split(sizes)):
+        if not count:
+            outputs.append(q.new_zeros(length, q.shape[1], v.shape[2]))
+            continue
+        view = lambda x: x.view(count, length, x.shape[1], x.shape[2]).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(view(qp), view(kp), view(vp), dropout_p=dropout, is_causal=True, scale=scale,
+                                             enable_gqa=q.shape[1] != k.shape[1])
+        outputs.append(out.transpose(1, 2).reshape(count * length, q.shape[1], v.shape[2]))
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
-    q ``[T, h, D]``, k/v ``[T, h/rep, D]`` (token-major, all rows flattened); spans ``(flat start, length)``.
-    Returns the outputs of the covered tokens ``[N, h, D]`` and their flat indices ``[N]``.
-    """
-    device = q.device
-    if kernel == "flash":
-        starts = torch.tensor([s for s, _ in spans], device=device)
-        lengths = torch.tensor([n for _, n in spans], device=device)
-        index = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths) + torch.arange(int(lengths.sum()), device=device)
-        cu = F.pad(torch.cumsum(lengths, 0), (1, 0)).to(torch.int32)
-        longest = int(lengths.max())
-        out = _flash_varlen()(q[index], k[index], v[index], cu, cu, longest, longest, dropout_p=dropout,
-                              softmax_scale=scale, causal=True)
-        return out, index
-    buckets: dict[int, list[int]] = {}
-    for start, length in spans:
-        buckets.setdefault(length, []).append(start)
-    outputs, indices = [], []
-    for length, starts in buckets.items():
-        index = torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)  # [n, ℓ]
-        qb = q[index].transpose(1, 2).contiguous()  # [n, h, ℓ, D]
-        kb = _expand(k[index], rep).transpose(1, 2).contiguous()
-        vb = _expand(v[index], rep).transpose(1, 2).contiguous()
-        out = F.scaled_dot_product_attention(qb, kb, vb, dropout_p=dropout, is_causal=True, scale=scale)
-        outputs.append(out.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2]))
-        indices.append(index.reshape(-1))
-    return torch.cat(outputs), torch.cat(indices)
+
+def _flash_pieces(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pieces: list[tuple[int, int]], scale: float,
+                  dropout: float) -> torch.Tensor:
+    """The same with one ``flash_attn_varlen_func`` call: every group (and every padding stretch, whose outputs are
+    then zeroed) is one sequence of ``cu_seqlens``."""
+    lengths, keep = [], []
+    for count, length in pieces:
+        lengths += [length] * max(count, 1)
+        keep.append((count > 0, count * length if count else length))
+    cu = torch.tensor([0, *lengths], device=q.device).cumsum(0).to(torch.int32)
+    out = _flash_varlen()(q, k, v, cu, cu, max(lengths), max(lengths), dropout_p=dropout, softmax_scale=scale, causal=True)
+    if all(real for real, _ in keep):
+        return out
+    mask = torch.cat([torch.full((n,), real, device=q.device) for real, n in keep])
+    return out * mask[:, None, None].to(out.dtype)
 
 
 def attend_groups(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, spans: tuple[list, list], scale: float,
@@ -181,22 +202,20 @@ def attend_groups(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, s
     batch, heads, seq, dim = query.shape
     kv_heads = key.shape[1]
     rep = heads // kv_heads
-    kernel = _choose_kernel(kernel, query)
+    attend = _flash_pieces if _choose_kernel(kernel, query) == "flash" else _sdpa_pieces
+    # token-major [B·S, heads, D]: a view for the model's q/k/v, which are [B, S, H, D] in memory
     q = query.transpose(1, 2).reshape(batch * seq, heads, dim)
     k = key.transpose(1, 2).reshape(batch * seq, kv_heads, key.shape[-1])
     v = value.transpose(1, 2).reshape(batch * seq, kv_heads, value.shape[-1])
     split = head_split(heads)
-    halves = []
-    for block, half_spans in ((range(0, split), spans[0]), (range(split, heads), spans[1])):
-        out_half = q.new_zeros(batch * seq, len(block), v.shape[-1])
-        flat = [(row * seq + start, length) for row, start, length in half_spans if length > 0]
-        if flat:
-            kv_index, half_rep = _gather_kv_heads(block, rep, kv_heads)
-            out, index = _attend_half(q[:, block.start:block.stop], k[:, kv_index], v[:, kv_index], half_rep, flat, scale,
-                                      dropout, kernel)
-            out_half = out_half.index_copy(0, index, out.to(out_half.dtype))
-        halves.append(out_half)
-    return torch.cat(halves, dim=1).view(batch, seq, heads, v.shape[-1])
+    blocks = [(b, 0) for b in head_blocks(0, split, rep)] + [(b, 1) for b in head_blocks(split, heads, rep)]
+    q_blocks = q.split([len(qh) for (qh, _), _ in blocks], dim=1)
+    halves = [layout([(row * seq + start, length) for row, start, length in half if length > 0], batch * seq) for half in spans]
+    outputs = []
+    for ((_, kv_range), half), q_block in zip(blocks, q_blocks):
+        kv = slice(kv_range.start, kv_range.stop)
+        outputs.append(attend(q_block, k[:, kv], v[:, kv], halves[half], scale, dropout))
+    return torch.cat(outputs, dim=1).view(batch, seq, heads, v.shape[-1])
 
 
 def _check_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
