@@ -472,3 +472,18 @@ def test_cli_refusals_are_one_line(workspace, tmp_path):
     result = runner.invoke(app, [*common[:1], str(gemma), *common[2:], "--output", str(tmp_path / "g")])
     assert result.exit_code == 2 and "soft-capping" in result.output
     assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
+
+
+def test_study_rows_compare_s2_with_full_attention_on_the_same_budget():
+    from ropekit.study import get_preset
+
+    for name, target in (("smollm2-cpu-smoke", "16k"), ("smollm2-64k", "64k")):
+        runs = {r.label: r for r in get_preset(name).runs}
+        s2, full = runs[f"longlora-{target}"], runs[f"pi-loraplus-{target}"]
+        assert s2.method == full.method == "linear" and s2.recipe == full.recipe and s2.target == full.target == target
+        assert s2.options["attention"] == "s2" and full.options["attention"] == "full"
+        same = lambda o: {k: v for k, v in o.items() if k not in ("attention", "s2_min_length")}  # noqa: E731
+        assert same(s2.options) == same(full.options)
+        assert s2.options["lora_r"] == 8 and s2.options["lora_alpha"] == 16 and s2.options["train_embeddings_and_norms"]
+    plain = {r.label: r for r in get_preset("smollm2-cpu-smoke").runs}["pi-16k"]
+    assert {k: plain.options[k] for k in ("samples", "train_length", "max_steps")} == {"samples": 4, "train_length": "1k", "max_steps": 2}
