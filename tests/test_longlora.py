@@ -171,6 +171,41 @@ def test_flash_requested_without_flash_attn_falls_back_with_one_line(caplog):
         ropekit.s2_attention(q, k, v, 8, kernel="triton")
 
 
+def fake_flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+    """flash_attn_varlen_func's contract, written with a per-sequence explicit softmax: q ``[T, h, D]``, k/v
+    ``[T, h_kv, D]``, sequences given by cu_seqlens, query head i reads key/value head i // (h / h_kv)."""
+    assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and causal and int(cu_q[-1]) == q.shape[0]
+    assert max_q == int((cu_q[1:] - cu_q[:-1]).max())
+    out = torch.zeros_like(q)
+    bounds = cu_q.tolist()
+    for a, b in zip(bounds, bounds[1:]):
+        mask = torch.ones(b - a, b - a, dtype=torch.bool).tril()[None, None].expand(1, q.shape[1], b - a, b - a)
+        seq = lambda x: x[a:b].transpose(0, 1)[None]  # noqa: E731
+        out[a:b] = masked_attention(seq(q), seq(k), seq(v), mask, softmax_scale)[0].transpose(0, 1)
+    return out
+
+
+@pytest.mark.parametrize("heads,kv_heads,lengths", [(8, 2, None), (9, 3, [60, 37])])
+def test_flash_path_builds_the_right_sequences(monkeypatch, heads, kv_heads, lengths):
+    """The varlen path's cu_seqlens and padding handling, checked on CPU with a stand-in for flash_attn_varlen_func."""
+    from ropekit import longlora
+
+    monkeypatch.setattr(longlora, "_flash_varlen", lambda: fake_flash_varlen)
+    monkeypatch.setattr(longlora, "_choose_kernel", lambda kernel, query: "flash")
+    batch, seq, group = 2, 60, 16
+    q, k, v = qkv(batch, heads, kv_heads, seq, 8, torch.float64)
+    rows = lengths or [seq] * batch
+    out = ropekit.s2_attention(q, k, v, group, lengths=torch.tensor(lengths) if lengths else None)
+    weight = torch.randn_like(out)
+    (out * weight).sum().backward()
+    q64, k64, v64 = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    want = masked_attention(q64, k64, v64, s2_mask(rows, seq, heads, [group] * batch), 8 ** -0.5)
+    (want * weight).sum().backward()
+    assert rel_err(out, want) < 1e-10
+    for got, ref in zip((q.grad, k.grad, v.grad), (q64.grad, k64.grad, v64.grad)):
+        assert rel_err(got, ref) < 1e-10
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("heads,kv_heads,lengths", [(8, 2, None), (9, 3, [1000, 517])])
