@@ -34,6 +34,7 @@ into the model's config: evaluation, generation and the saved checkpoint use the
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import math
@@ -88,7 +89,9 @@ def head_split(heads: int) -> int:
 # The attention over groups
 
 
+@functools.cache
 def _flash_varlen():
+    """flash-attn's ``flash_attn_varlen_func``, or None where it is not installed (looked up once)."""
     if importlib.util.find_spec("flash_attn") is None:
         return None
     try:
@@ -109,12 +112,12 @@ def _choose_kernel(kernel: str, query: torch.Tensor) -> str:
     if kernel == "sdpa":
         return "sdpa"
     reason = None
-    if not query.is_cuda:
+    if _flash_varlen() is None:
+        reason = "flash-attn is not installed (pip install flash-attn on a CUDA machine)"
+    elif not query.is_cuda:
         reason = "the tensors are not on a CUDA device"
     elif query.dtype not in (torch.float16, torch.bfloat16):
         reason = f"flash-attn needs fp16/bf16, got {str(query.dtype).removeprefix('torch.')}"
-    elif _flash_varlen() is None:
-        reason = "flash-attn is not installed (pip install flash-attn)"
     if reason is None:
         return "flash"
     if kernel == "flash" and reason not in _FALLBACK_SAID:
