@@ -3,6 +3,7 @@
     python benchmarks/s2_attention.py                                  # CPU: TinyLlama layout, 2 layers, 4K/8K/16K
     python benchmarks/s2_attention.py --smoke --json s2.json           # seconds: tiny shapes at 256 tokens (run by a test)
     python benchmarks/s2_attention.py --gpu --json s2-h100.json        # one H100: TinyLlama-1.1B, bf16, 16K/32K/64K
+    python benchmarks/s2_attention.py --gpu --attn-implementation flash_attention_2   # baseline on flash-attn too
 
 Two measurements per length, S²-Attn (group = a quarter of the sequence) and its baseline interleaved, median of
 --repeats runs each:
@@ -90,7 +91,7 @@ def attention_case(length: int, heads: int, kv_heads: int, head_dim: int, dtype,
     return {"full": full, "s2": s2}
 
 
-def step_case(shape: str, length: int, dtype, device: str):
+def step_case(shape: str, length: int, dtype, device: str, attn_implementation: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ropekit.longlora import s2_training
@@ -102,6 +103,7 @@ def step_case(shape: str, length: int, dtype, device: str):
                          num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=2048,
                          rope_parameters={"rope_type": "linear", "factor": max(1.0, length / 2048), "rope_theta": 10000.0})
     torch.manual_seed(0)
+    config._attn_implementation = attn_implementation
     model = LlamaForCausalLM(config).to(device)
     tile_mlp(model, 4096)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -142,6 +144,7 @@ def main() -> None:
     parser.add_argument("--step-repeats", type=int, default=1, help="timed training steps per variant (median)")
     parser.add_argument("--parts", default="attention,step", help="attention, step, or both")
     parser.add_argument("--gpu", action="store_true", help="one CUDA GPU, bf16 (flash-attn's varlen kernel when installed)")
+    parser.add_argument("--attn-implementation", default="sdpa", help="the model's backend in the step (sdpa, or flash_attention_2 on a GPU)")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes at 256 tokens: checks the script in seconds")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
@@ -169,7 +172,7 @@ def main() -> None:
                 variants = attention_case(length, heads, kv_heads, head_dim, dtype, device)
                 times = interleaved(variants, repeats, device, warmup=True)
             elif part == "step":
-                variants, model = step_case(shape, length, dtype, device)
+                variants, model = step_case(shape, length, dtype, device, args.attn_implementation)
                 times = interleaved(variants, step_repeats, device, warmup=args.smoke or device == "cuda" or length == lengths[0])
                 del model
             else:

@@ -527,3 +527,21 @@ def test_study_rows_compare_s2_with_full_attention_on_the_same_budget():
         assert s2.options["lora_r"] == 8 and s2.options["lora_alpha"] == 16 and s2.options["train_embeddings_and_norms"]
     plain = {r.label: r for r in get_preset("smollm2-cpu-smoke").runs}["pi-16k"]
     assert {k: plain.options[k] for k in ("samples", "train_length", "max_steps")} == {"samples": 4, "train_length": "1k", "max_steps": 2}
+
+
+def test_benchmark_smoke_writes_its_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "s2_attention.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--json", str(tmp_path / "s2.json")], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "s2.json").read_text())
+    assert results["shape"] == "tiny" and results["group_ratio"] == 0.25
+    for part in ("attention", "step"):
+        (row,) = results[part]
+        assert row["length"] == 256 and row["full_s"] > 0 and row["s2_s"] > 0
+        assert row["ratio"] == pytest.approx(row["full_s"] / row["s2_s"], rel=1e-2)
