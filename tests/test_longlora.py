@@ -340,6 +340,19 @@ def test_segments_from_transformers_masks():
         segments_from_mask(bidirectional)
 
 
+def test_segments_for_flash_backends():
+    """Flash-attention backends get a 2-D padding mask or none; packed rows are read from the position ids as
+    transformers' varlen path reads them (a new sequence wherever the position is the row's minimum)."""
+    from ropekit.longlora import segments_from_padding, segments_from_positions
+
+    assert segments_from_padding(torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])) == [[(0, 3)], [(1, 4)]]
+    packed = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])
+    assert segments_from_positions(packed, 1, 9) == [[(0, 3), (3, 2), (5, 4)]]
+    assert segments_from_positions(torch.tensor([[0, 1, 5, 6, 9]]), 1, 5) == [[(0, 5)]]  # PoSE-style jumps: one document
+    assert segments_from_positions(torch.arange(6)[None], 2, 6) == [[(0, 6)], [(0, 6)]]
+    assert segments_from_positions(None, 1, 6, cu_seqlens=torch.tensor([0, 2, 6])) == [[(0, 2), (2, 4)]]
+
+
 def test_refusals_in_the_model_are_one_line():
     model = tiny_model("llama")
     ids = random_ids(80)
