@@ -178,8 +178,9 @@ def main() -> None:
             else:
                 parser.error(f"unknown part {part!r}")
             (fw, fc), (sw, sc) = times["full"], times["s2"]
-            row = {"length": length, "full_s": round(fw, 4), "s2_s": round(sw, 4), "ratio": round(fw / sw, 3),
-                   "full_cpu_s": round(fc, 3), "s2_cpu_s": round(sc, 3), "cpu_ratio": round(fc / max(sc, 1e-9), 3)}
+            row = {"length": length, "full_s": fw, "s2_s": sw, "ratio": fw / sw, "full_cpu_s": fc, "s2_cpu_s": sc,
+                   "cpu_ratio": fc / max(sc, 1e-9)}
+            row = {k: v if k == "length" else float(f"{v:.4g}") for k, v in row.items()}
             results[part].append(row)
             print(f"{part:<10} {length:>7} {fw:>9.3f} {sw:>9.3f} {fw / sw:>6.2f} {fc:>11.2f} {sc:>9.2f} {row['cpu_ratio']:>9.2f}", flush=True)
             del variants

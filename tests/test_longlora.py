@@ -557,4 +557,4 @@ def test_benchmark_smoke_writes_its_json(tmp_path):
     for part in ("attention", "step"):
         (row,) = results[part]
         assert row["length"] == 256 and row["full_s"] > 0 and row["s2_s"] > 0
-        assert row["ratio"] == pytest.approx(row["full_s"] / row["s2_s"], rel=1e-2)
+        assert row["ratio"] == pytest.approx(row["full_s"] / row["s2_s"], rel=1e-3)
