@@ -284,7 +284,9 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
 def merge_lora(peft_model):
     """Merge LoRA into plain weights. With trained embeddings (LoRA+) on a model whose input embedding and output
     head were tied, the two now differ: the config says so, so the saved checkpoint keeps both."""
-    model = peft_model.merge_and_unload()
+    with warnings.catch_warnings():  # peft (≥ 0.18) announces the untying; older versions leave the config tied
+        warnings.filterwarnings("ignore", message=".*no longer tied after merging.*")
+        model = peft_model.merge_and_unload()
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if head is not None and getattr(config, "tie_word_embeddings", False) and head.weight is not embedding.weight:
