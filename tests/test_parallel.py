@@ -4,6 +4,7 @@ parallelism's position logic on 2 processes equals the unsharded forward; DeepSp
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -222,18 +223,22 @@ def test_context_parallel_config_is_refused_on_cpus_before_training(workspace, t
 
 @pytest.mark.slow
 def test_deepspeed_zero3_matches_plain_training(workspace, tmp_path):
-    """configs/accelerate/deepspeed-zero3.yaml, one process on DeepSpeed's CPU accelerator: 3 steps equal plain
-    training; the gathered checkpoint gives the same logits."""
+    """configs/accelerate/deepspeed-zero3.yaml, 2 processes on DeepSpeed's CPU accelerator (gloo): 3 steps equal one
+    plain process with the same global batch; the gathered 16-bit-save checkpoint gives the same logits. The first
+    run compiles DeepSpeed's small shared-memory communication op (about a minute of CPU, cached afterwards)."""
     pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install --no-build-isolation deepspeed)")
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        pytest.skip("DeepSpeed's CPU accelerator compiles a C++ op on first use and no C++ compiler is installed")
     plain = train(TrainOptions(**case_options(workspace, tmp_path / "plain", "eabf", micro_batch_size=2, max_steps=3)))
-    run = accelerate_launch("deepspeed-zero3", 1, "-m", "ropekit", "train", str(workspace / "model"), "--method", "eabf",
+    run = accelerate_launch("deepspeed-zero3", 2, "-m", "ropekit", "train", str(workspace / "model"), "--method", "eabf",
                             "--target-length", "512", "--recipe", "smoke", "--data", str(workspace / "chat.jsonl"), "--batch-size", "2",
-                            "--micro-batch-size", "2", "--max-steps", "3", "--lr", "3e-3", "--device", "cpu",
-                            "--output", str(tmp_path / "zero3"), env={"DS_ACCELERATOR": "cpu"})
+                            "--micro-batch-size", "1", "--max-steps", "3", "--lr", "3e-3", "--device", "cpu",
+                            "--output", str(tmp_path / "zero3"), env={"DS_ACCELERATOR": "cpu"}, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stderr.count("ropekit: DeepSpeed ZeRO-3: loss from full logits") == 1
+    assert run.stderr.count("ropekit: DeepSpeed ZeRO-3: loss from full logits") == 1  # said once, by the main process
     summary = json.loads((tmp_path / "zero3" / "training_summary.json").read_text())
     assert summary["parallel"]["distributed_type"] == "DEEPSPEED" and summary["parallel"]["zero_stage"] == 3
+    assert summary["world_size"] == 2
     assert summary["memory"]["chunked_loss"] is False and plain["memory"]["chunked_loss"] is True
     assert losses(tmp_path / "zero3") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4)
     assert same_logits(tmp_path / "zero3", tmp_path / "plain") < 1e-4
