@@ -1,6 +1,7 @@
 """The study pipeline end to end on a tiny model: train runs, evaluation, report, goal summary, resume."""
 
 import json
+import shutil
 
 import pytest
 
@@ -103,7 +104,7 @@ def test_gpu_preset_budget_is_matched():
 def test_gpu_preset_slices_cover_every_row_once():
     preset = study_module.get_preset("smollm2-64k")
     slices = study_module.preset_slices(preset)
-    assert [s.name for s in slices] == ["headline", "training-free", "finetuned-32k", "rest-64k"]  # no row left over
+    assert [s.name for s in slices] == ["headline", "training-free", "self-extend", "finetuned-32k", "rest-64k"]  # none left over
     listed = [label for s in slices for label in s.labels]
     assert sorted(listed) == sorted(r.label for r in preset.runs)  # each row in exactly one slice
     headline = study_module.get_slice(preset, "headline")
@@ -113,6 +114,25 @@ def test_gpu_preset_slices_cover_every_row_once():
     rows = {r.label: r for r in preset.runs}
     assert rows["yarn-logscale-32k"].method == "yarn+logscale" and rows["yarn-logscale-32k"].options == rows["eabf-32k"].options
     assert not rows["self-extend-free"].train and rows["self-extend-free"].method == "self_extend"
+    assert preset.common["save_steps"] <= 2  # a run cut by a device call's time limit resumes in the next call
+
+
+def test_interrupted_training_resumes_from_its_checkpoint_and_train_only_stops_before_evaluation(tmp_path, monkeypatch):
+    preset = tiny_preset(tmp_path, (Slice("trained", "one trained row", ("eabf-512",)),))
+    preset = Preset(preset.name, preset.description, preset.model, preset.runs, preset.lengths, preset.tasks,
+                    {**preset.common, "save_steps": 1}, preset.slices)
+    monkeypatch.setitem(study_module.PRESETS, "tiny", preset)
+    out = tmp_path / "study"
+    assert study_module.study("tiny", out, device="cpu", progress=False, slice_name="trained", train_only=True) is None
+    run_dir = out / "trained" / "runs" / "eabf-512"
+    assert (run_dir / "training_summary.json").exists() and not (out / "trained" / "results.json").exists()
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    (run_dir / "training_summary.json").unlink()  # as if the call's time limit hit after step 1
+    shutil.rmtree(run_dir / "checkpoint-2")
+    merged = study_module.study("tiny", out, device="cpu", progress=False, slice_name="trained")
+    summary = json.loads((run_dir / "training_summary.json").read_text())
+    assert summary["overrides"]["resume"] is True and summary["steps"] == 2
+    assert [r["label"] for r in merged["runs"]] == ["eabf-512"]
 
 
 def fake_run(label, scores, slice_name="s", device="NVIDIA H100 80GB HBM3 ×1 (CUDA 13.0)", **extra):

@@ -286,6 +286,7 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
           slice_name: Optional[str] = typer.Option(None, "--slice", help="run one slice of the preset (see --list); default: every slice"),
           only: Optional[str] = typer.Option(None, help="comma-separated run labels to run (default: all of the slice)"),
           report_only: bool = typer.Option(False, help="run nothing: merge every slice's results.json under --output into the report and study.md"),
+          train_only: bool = typer.Option(False, help="train the rows and stop; a later run (same --output) evaluates them"),
           device: str = typer.Option("auto"),
           list_runs: bool = typer.Option(False, "--list", help="print the preset's slices and runs and exit")):
     """Every method under the same fine-tuning budget, in slices that each fit a short GPU window; each slice writes
@@ -305,7 +306,10 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
                               f"{'trained, ' + row.recipe + ', ' + row.strategy if row.train else 'training-free'}", highlight=False)
         return
     results = run_study(preset, output, device=device, only=[o for o in (only or "").split(",") if o.strip()] or None,
-                        slice_name=slice_name, report_only=report_only)
+                        slice_name=slice_name, report_only=report_only, train_only=train_only)
+    if results is None:
+        console.print(f"[green]trained[/]; evaluate with the same command without --train-only", highlight=False)
+        return
     _print_results(results)
     console.print(f"summary: {Path(output) / 'study.md'}; report: {Path(output) / 'report.html'}", highlight=False)
 

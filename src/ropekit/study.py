@@ -59,7 +59,8 @@ class Preset:
 # the paper's 100-sample row). Runs trained at the native 8K (CREAM, PoSE) get the same number of tokens: 4× (32K) or
 # 8× (64K) as many 8K samples over the same 6 steps. lr 2e-4: the paper's 2e-5 was chosen for 7B; on this 135M model
 # 2e-4 is the first lever (shared/anchors.md).
-_GPU_COMMON = {"learning_rate": 2e-4, "precision": "bf16", "micro_batch_size": 1, "batch_size": 32, "save_steps": 1000}
+# save_steps 2: a run cut by a device call's time limit resumes from its last checkpoint in the next call.
+_GPU_COMMON = {"learning_rate": 2e-4, "precision": "bf16", "micro_batch_size": 1, "batch_size": 32, "save_steps": 2}
 _FT = {"samples": 100, "epochs": 2}
 # Positions of the gold item for KV retrieval and LongChat-Lines: both ends (the U-shape) and three points in the middle
 # third, where CREAM claims to beat PoSE ("lost in the middle").
@@ -106,8 +107,13 @@ PRESETS = {
                   ("eabf-32k", "cream-yarn-64k"), (16384, 32768, 65536),
                   {"passkey": {"trials": 20, "batch_size": 4}, "ppl": {"windows": 3}, "niah": {"trials": 1, "batch_size": 5},
                    "kv": {"trials": 4, "positions": _MIDDLE_THIRD}}),
-            Slice("training-free", "no training: the original, dynamic NTK, YaRN, the EABF formula, YaRN + log scale, Self-Extend",
-                  ("none", "dynamic-free", "yarn-free", "eabf-free", "yarn-logscale-free", "self-extend-free")),
+            Slice("training-free", "no training: the original, dynamic NTK, YaRN, the EABF formula, YaRN + log scale",
+                  ("none", "dynamic-free", "yarn-free", "eabf-free", "yarn-logscale-free")),
+            # Self-Extend runs its own fp32 attention (two full S×S logit matrices per layer): ~6 s per 32K forward and
+            # ~24 s per 64K forward on one H100 (estimated, benchmarks/gpu/plan.py), so it gets 4K-32K and the core tasks.
+            Slice("self-extend", "Self-Extend, training-free, at 4K-32K: passkey 20 trials, NIAH 10 depths, 3 PPL windows",
+                  ("self-extend-free",), (4096, 8192, 16384, 32768),
+                  {"passkey": {"trials": 20, "batch_size": 4}, "niah": {"trials": 1, "batch_size": 5}, "ppl": {"windows": 3}}),
             Slice("finetuned-32k", "fine-tuned at 32K with the EABF paper's budget (100 samples, 6 steps): PI, NTK, YaRN, ABF, "
                   "and YaRN + log scale next to eabf-32k (in the headline slice)",
                   ("linear-32k", "ntk-32k", "yarn-32k", "abf-32k", "yarn-logscale-32k")),
@@ -161,10 +167,11 @@ def get_slice(preset: Preset, name: str) -> Slice:
 
 
 def study(preset: str = "smollm2-64k", output: str | Path = "ropekit-study", device: str = "auto", only: list[str] | None = None,
-          progress: bool = True, slice_name: str | None = None, report_only: bool = False) -> dict:
+          progress: bool = True, slice_name: str | None = None, report_only: bool = False, train_only: bool = False) -> dict | None:
     """Run (or resume) one slice of a preset (``slice_name``), or every slice in turn; then merge every slice found in
     ``output`` into the report and ``study.md``. ``only``: run just these rows (of the slice). ``report_only``: run
-    nothing, only merge and render. Returns the merged results."""
+    nothing, only merge and render. ``train_only``: train the rows and stop (None is returned); a later run evaluates
+    them. Returns the merged results."""
     chosen = get_preset(preset)
     out = Path(output).expanduser()
     if not report_only:
@@ -177,13 +184,14 @@ def study(preset: str = "smollm2-64k", output: str | Path = "ropekit-study", dev
                 raise RopekitError(f"{where} has no run {missing[0]!r}", f"choose from: {', '.join(sorted(allowed))}")
             slices = [s for s in slices if set(s.labels) & set(only)]
         for part in slices:
-            run_slice(chosen, part, out / part.name, device=device, only=only, progress=progress)
-    return write_report(chosen, out)
+            run_slice(chosen, part, out / part.name, device=device, only=only, progress=progress, train_only=train_only)
+    return None if train_only else write_report(chosen, out)
 
 
 def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto", only: list[str] | None = None,
-              progress: bool = True) -> dict:
-    """Train the slice's rows that are not trained yet, evaluate them, and add them to ``directory/results.json``."""
+              progress: bool = True, train_only: bool = False) -> dict | None:
+    """Train the slice's rows that are not trained yet (continuing from a checkpoint an interrupted run left), evaluate
+    them, and add them to ``directory/results.json``."""
     from .eval.merge import merge_results
     from .eval.runner import RunSpec, _write_json, evaluate
     from .train import TrainOptions, train
@@ -194,8 +202,11 @@ def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto"
         if not run.train or (target_dir / "training_summary.json").exists():
             continue
         options = {**preset.common, **run.options}
+        resume = any(target_dir.glob("checkpoint-*"))
         train(TrainOptions(model=preset.model, method=run.method, target_length=run.target, output=target_dir, recipe=run.recipe,
-                           strategy=run.strategy, device=device, progress=progress, overwrite=True, **options))
+                           strategy=run.strategy, device=device, progress=progress, overwrite=not resume, resume=resume, **options))
+    if train_only:
+        return None
     specs = [RunSpec(preset.model, None if r.method == "none" else r.method, {}, r.target, label=r.label) if not r.train
              else RunSpec(str(directory / "runs" / r.label), label=r.label) for r in runs]
     results = evaluate(specs, part.tasks or preset.tasks, list(part.lengths or preset.lengths), directory / "eval", device=device,
