@@ -34,8 +34,8 @@ SUMMARY_KEYS = {("tinyllama-1.1b", False): "full_1b", ("llama2-7b", True): "lora
 MARK = "PROBE_RESULT "
 
 
-def probe(shape: str, length: int, variant: str, lora: int) -> dict:
-    """Two optimizer steps at ``length`` tokens, in this process; returns status, peak memory and step times."""
+def probe(shape: str, length: int, variant: str, lora: int, steps: int = 2) -> dict:
+    """``steps`` optimizer steps at ``length`` tokens, in this process; returns status, peak memory and step times."""
     import ropekit
     from transformers import AutoModelForCausalLM
 
@@ -64,7 +64,7 @@ def probe(shape: str, length: int, variant: str, lora: int) -> dict:
         ids = torch.randint(0, config.vocab_size, (1, length), device=device)
         reset_peak_memory()
         times = []
-        for _ in range(2):
+        for _ in range(steps):
             start = time.perf_counter()
             with ActivationOffload(variant == "ropekit"), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=on_gpu()):
                 if loss_fn is None:
@@ -87,10 +87,10 @@ def probe(shape: str, length: int, variant: str, lora: int) -> dict:
         free_memory()
 
 
-def probe_in_subprocess(shape: str, length: int, variant: str, lora: int, timeout: float, smoke: bool = False) -> dict:
+def probe_in_subprocess(shape: str, length: int, variant: str, lora: int, timeout: float, smoke: bool = False, steps: int = 2) -> dict:
     """Run :func:`probe` in a fresh interpreter (this script with --probe); a crash or a timeout is a result too."""
     command = [sys.executable, str(Path(__file__).resolve()), "--probe", str(length), "--shape", shape, "--variants", variant,
-               "--lora", str(lora), *(["--smoke"] if smoke else [])]
+               "--lora", str(lora), "--steps", str(steps), *(["--smoke"] if smoke else [])]
     start = time.time()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -137,18 +137,20 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--ladder", default="96k,128k,192k,256k", help="lengths to probe, upwards (add 384k when time allows)")
     parser.add_argument("--variants", default="plain,ropekit")
     parser.add_argument("--probe-timeout", type=float, default=540, help="seconds one probe may take")
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per probe (1 only where two do not fit a window: "
+                        "with LoRA the optimizer state is a few MB, so the first step already reaches the peak)")
     parser.add_argument("--resume", action="store_true", help="keep the rows of an existing results file; skip probes it has")
     parser.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)  # internal: one probe, in this process
     add_common_args(parser)
     args = parser.parse_args(argv)
     setup(args)
     if args.probe is not None:
-        result = probe(args.shape, args.probe, args.variants, args.lora)
+        result = probe(args.shape, args.probe, args.variants, args.lora, args.steps)
         print(MARK + json.dumps(result), flush=True)
         return None
     if args.smoke:  # the tiny shape stands in for the 1.1B (or, with --lora, the 6.7B) one; one short rung
         args.shape = "llama2-7b" if args.lora else "tinyllama-1.1b"
-        args.ladder, args.probe_timeout = "128", 120
+        args.ladder, args.probe_timeout, args.variants = "128", 120, "plain,ropekit"
     shape = "tiny" if args.smoke else args.shape
     ladder = parse_lengths(args.ladder)
     results = Results("max_length", json_path(args, "max_length"), smoke=args.smoke, keep_rows=args.resume,
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     budget = Budget(args.budget)
     config = config_for(shape)
     what = f"{shape}{f' LoRA r={args.lora}' if args.lora else ' full fine-tuning'}"
-    print(f"longest trainable sequence, {what}, two optimizer steps, batch 1; {device_name()}; ladder "
+    print(f"longest trainable sequence, {what}, {args.steps} optimizer step(s), batch 1; {device_name()}; ladder "
           f"{', '.join(format_length(n) for n in ladder)}", flush=True)
 
     def estimate(length: int, previous) -> float | None:
@@ -172,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                  and r.get("variant") == variant and (r["status"] == "ok" or r["status"] == "out of memory")}
 
         def run_probe(length: int, variant=variant) -> dict:
-            result = probe_in_subprocess(shape, length, variant, args.lora, min(args.probe_timeout, max(1.0, budget.left())), args.smoke)
-            row = {"shape": args.shape, "lora": args.lora, "variant": variant, "length": length, **result}
+            result = probe_in_subprocess(shape, length, variant, args.lora, min(args.probe_timeout, max(1.0, budget.left())), args.smoke, args.steps)
+            row = {"shape": args.shape, "lora": args.lora, "variant": variant, "length": length, "steps": args.steps, **result}
             results.replace({"shape": args.shape, "lora": args.lora, "variant": variant, "length": length}, row)
             memory = f", peak {result['peak_gib']:.1f} GiB" if result.get("peak_gib") else ""
             print(f"  {variant:<8} {format_length(length):>6}: {result['status']}{memory} ({result.get('seconds', 0):.0f} s)", flush=True)

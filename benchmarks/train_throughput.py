@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--variants", default="plain,+eabf,+chunked,+liger,+no-ckpt,+compile,+packing,+flash,ropekit,best")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows of an existing results file for other lengths (e.g. 16K measured in an earlier call)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     setup(args)
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = parse_lengths(args.lengths or ("16k,32k" if gpu else "2k"))
     config = config_for(shape)
     results = Results("train_throughput", json_path(args, "train_throughput"), smoke=args.smoke,
-                      stand_ins=nominal if args.smoke else None)
+                      stand_ins=nominal if args.smoke else None, keep_rows=args.resume)
+    results.set("rows", [r for r in results.rows if r["length"] not in lengths])  # lengths measured now are measured anew
     budget = Budget(args.budget)
     peak = matmul_peak(size=256 if args.smoke else None)
     results.set("peak_tflops", peak / 1e12)

@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from _common import config_for, model_flops_per_token  # noqa: E402
 
 CALL_LIMIT_S = 600  # one device command
-PLAN_LIMIT_S = 480  # what a planned call may be estimated at (the rest is margin for a wrong estimate)
+PLAN_LIMIT_S = 330  # several rows share a call only while its estimate stays under this (margin for wrong estimates)
+ROW_LIMIT_S = 420  # one row trains and evaluates in one call while its estimate stays under this; else train, then evaluate
 SESSION_S = 900  # device time of one session, starts and idle gaps included
 START_S = 120  # a machine's start
 GAP_S = 20  # between two calls on a warm machine (the reply, the next call's transfer)
@@ -122,28 +123,43 @@ def estimate_row(preset, run, part) -> Row:
 
 
 def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
-    """Each slice's rows packed, in order, into calls estimated at ≤ PLAN_LIMIT_S (one row per call at least)."""
+    """Each slice's rows packed, in order, into calls estimated at ≤ PLAN_LIMIT_S. A row whose training alone does not
+    fit gets two calls on the same warm machine: ``--train-only`` (cut by the time limit at worst: it resumes from its
+    last checkpoint), then, less than 30 s later, the rest of its training if any and its evaluation."""
     from ropekit.study import get_preset, preset_slices
 
     preset = get_preset(preset_name)
     rows = {r.label: r for r in preset.runs}
+    fixed = IMPORT_S + CONVERT_S
     calls = []
+
+    def add(part, members, train_only=False, follows=False):
+        seconds = fixed + (sum(r.train_s for r in members) if train_only else
+                           max(r.prep_s for r in members) + sum(r.eval_s + (0 if follows else r.train_s) for r in members))
+        labels = ",".join(r.label for r in members)
+        calls.append({"slice": part.name, "rows": members, "seconds": seconds, "train_only": train_only,
+                      "command": f"bash benchmarks/gpu/study.sh {part.name} {labels}{' --train-only' if train_only else ''}",
+                      "brings_back": ["study-%s.log" % part.name] if train_only else
+                      [f"results-{part.name}.json (or partial-{part.name}.json)", f"study-{part.name}.log"],
+                      "must_follow_within_30_s": follows})
+
     for part in preset_slices(preset):
         current: list[Row] = []
         for label in part.labels:
             row = estimate_row(preset, rows[label], part)
-            fixed = IMPORT_S + CONVERT_S + max([r.prep_s for r in current] + [row.prep_s])
-            if current and fixed + sum(r.train_s + r.eval_s for r in current + [row]) > PLAN_LIMIT_S:
-                calls.append({"slice": part.name, "rows": current})
+            if fixed + row.train_s + row.eval_s + row.prep_s > ROW_LIMIT_S and row.train_s > 0:
+                if current:
+                    add(part, current)
+                    current = []
+                add(part, [row], train_only=True)
+                add(part, [row], follows=True)
+                continue
+            if current and fixed + max(r.prep_s for r in current + [row]) + sum(r.train_s + r.eval_s for r in current + [row]) > PLAN_LIMIT_S:
+                add(part, current)
                 current = []
             current.append(row)
         if current:
-            calls.append({"slice": part.name, "rows": current})
-    for call in calls:
-        call["seconds"] = IMPORT_S + CONVERT_S + max(r.prep_s for r in call["rows"]) + sum(r.train_s + r.eval_s for r in call["rows"])
-        labels = ",".join(r.label for r in call["rows"])
-        call["command"] = f"bash benchmarks/gpu/study.sh {call['slice']} {labels}"
-        call["brings_back"] = [f"results-{call['slice']}.json (or partial-{call['slice']}.json)", f"study-{call['slice']}.log"]
+            add(part, current)
     return calls
 
 
@@ -230,7 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.next and call["done"]:
             continue
         rows = ", ".join(f"{r.label} (train {r.train_s:.0f} s, eval {r.eval_s:.0f} s)" for r in call["rows"])
-        print(f"  S{i:<2} {call['seconds'] / 60:4.1f} min  {'done' if call['done'] else 'to run'}  {call['command']}\n        {rows}")
+        then = "  ← within 30 s of the previous call (same warm machine: the checkpoint is there)" if call["must_follow_within_30_s"] else ""
+        print(f"  S{i:<2} {call['seconds'] / 60:4.1f} min  {'done' if call['done'] else 'to run'}  {call['command']}{then}\n        {rows}")
     print("\nIssue 14 — performance (no model staging; carry .whl and .carry/smollm2-tokenizer):")
     for call in perf:
         if args.next and call["done"]:

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated labels of the slice (default: every row)")
     parser.add_argument("--output", required=True, help="the study directory on this machine")
     parser.add_argument("--bring-back", default=None, help="folder whose files come back (the device's $OUT)")
+    parser.add_argument("--train-only", action="store_true", help="train the rows and stop (the next call, on the same machine, evaluates)")
     parser.add_argument("--smoke", action="store_true", help="the same slice at toy scale on a CPU")
     args = parser.parse_args(argv)
     from ropekit import study as study_module
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     status = 0
     try:
-        study_module.study(name, output, only=only, slice_name=args.slice, progress=not args.smoke)
+        study_module.study(name, output, only=only, slice_name=args.slice, progress=not args.smoke, train_only=args.train_only)
     except BaseException as err:  # a time limit (SIGINT) or a failure: still bring back what was measured
         print(f"study call stopped: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         status = 1
@@ -98,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         back = Path(args.bring_back)
         back.mkdir(parents=True, exist_ok=True)
         final, partial = output / args.slice / "results.json", output / args.slice / "eval" / "results.json"
-        if status == 0 and final.exists():
+        if args.train_only:
+            pass  # nothing to bring back but the log: the checkpoints stay on this machine for the next call
+        elif status == 0 and final.exists():
             shutil.copy(final, back / f"results-{args.slice}.json")
         elif partial.exists():
             shutil.copy(partial, back / f"partial-{args.slice}.json")
