@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             print(f"  {variant:<8} {format_length(length):>6}: {result['status']}{memory} ({result.get('seconds', 0):.0f} s)", flush=True)
             return result
 
-        for length, result in climb(ladder, run_probe, known, budget.left, estimate):
+        # rungs measured in earlier calls count: the climb continues above them and stops below a known failure
+        for length, result in climb(sorted(set(ladder) | set(known)), run_probe, known, budget.left, estimate):
             if result["status"].startswith("not tried"):
                 results.replace({"shape": args.shape, "lora": args.lora, "variant": variant, "length": length},
                                 {"shape": args.shape, "lora": args.lora, "variant": variant, "length": length, **result})

@@ -9,6 +9,7 @@ warm-up steps then the median of --steps timed steps with the spread. Knobs, eac
   plain          transformers as shipped: SDPA, gradient checkpointing, fused AdamW, loss from full logits
   +eabf          the model extended with EABF (logit scale in layers ≥ 2): the method's own cost
   +chunked       loss from hidden states in chunks (ropekit.memory; full logits never exist)
+  +tiled         decoder MLPs in 8K-token tiles (ropekit.memory; a memory saver, exact)
   +liger         liger-kernel fused linear+cross-entropy, RMSNorm, SwiGLU, RoPE (GPU with liger-kernel only)
   +no-ckpt       gradient checkpointing off (out of memory is recorded, not fatal)
   +compile       each decoder layer under torch.compile
@@ -37,7 +38,7 @@ from _common import (SHAPES, Budget, Results, add_common_args, config_for, enabl
 
 from ropekit.lengths import format_length, parse_lengths
 
-KNOBS = ("eabf", "chunked", "liger", "no-ckpt", "compile", "packing", "flash")
+KNOBS = ("eabf", "chunked", "tiled", "liger", "no-ckpt", "compile", "packing", "flash")
 NOMINAL = {"16k": 16384, "32k": 32768}  # the summary's lengths (a smoke run maps them to its stand-ins)
 
 
@@ -78,7 +79,7 @@ def build_step(config, knobs: set[str], length: int):
     import ropekit
     from transformers import AutoModelForCausalLM
 
-    from ropekit.memory import make_chunked_loss
+    from ropekit.memory import make_chunked_loss, tile_mlp
 
     device = "cuda" if on_gpu() else "cpu"
     torch.manual_seed(0)
@@ -91,6 +92,8 @@ def build_step(config, knobs: set[str], length: int):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
         _apply_liger_kernel_to_instance(model=model)  # what the transformers Trainer does with use_liger_kernel=True
+    if "tiled" in knobs:
+        tile_mlp(model, 8192)
     if "no-ckpt" not in knobs:
         enable_checkpointing(model)
     if "compile" in knobs:
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lengths", default=None, help="GPU default 16k,32k; CPU 2k")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--variants", default="plain,+eabf,+chunked,+liger,+no-ckpt,+compile,+packing,+flash,ropekit,best")
+    parser.add_argument("--variants", default="plain,+eabf,+chunked,+tiled,+liger,+no-ckpt,+compile,+packing,+flash,ropekit,best")
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows of an existing results file for other lengths (e.g. 16K measured in an earlier call)")
     add_common_args(parser)

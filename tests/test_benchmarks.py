@@ -53,7 +53,7 @@ def test_train_throughput_smoke(tmp_path):
     data = smoke("train_throughput", tmp_path)
     rows = {(r["length"], r["variant"]): r for r in data["rows"]}
     for length in (128, 256):
-        for variant in ("plain", "+eabf", "+chunked", "+no-ckpt", "+packing", "ropekit", "best"):
+        for variant in ("plain", "+eabf", "+chunked", "+tiled", "+no-ckpt", "+packing", "ropekit", "best"):
             row = rows[(length, variant)]
             assert row["status"] == "ok", row
             assert row["mfu"] > 0 and row["tokens_per_s"] > 0 and row["step"]["n"] == 2

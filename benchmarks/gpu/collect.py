@@ -1,6 +1,6 @@
 """Run HERE after a device call: file what came back where the project keeps it, then re-render the study report.
 
-    python benchmarks/gpu/collect.py FILES_AT [FILES_AT ...]      # the folder(s) the device tool copied $OUT into
+    python benchmarks/gpu/collect.py FILES_AT [FILES_AT ...]      # the folder(s) holding what came back
 
 * ``results-<slice>.json`` / ``partial-<slice>.json`` → merged into ``docs/results/smollm2-64k/<slice>/results.json``
   (a row measured again replaces its old entry; rows of a partial file are marked ``"partial": true``), then

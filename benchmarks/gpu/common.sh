@@ -1,6 +1,6 @@
 # Sourced by every device-call script in this folder: settings, offline wheels, logging. Not run on its own.
 #
-# On the GPU machine (through the device tool, which sets $OUT): wheels from .whl/ go to /tmp/ropekit-site once per
+# On the GPU machine ($OUT: the folder whose files come back): wheels from .whl/ go to /tmp/ropekit-site once per
 # machine, the staged model and caches live under /root (they survive between calls while the machine stays warm),
 # and every line printed goes to $OUT/<call>.log as well.
 # With --smoke (on a CPU, e.g. in the tests): the same steps in a scratch folder ($WORK, default a new temp dir),
@@ -24,7 +24,7 @@ if [ "$SMOKE" = 1 ]; then
   SMOKE_FLAG=--smoke
   PY=${PYTHON:-python3}
 else
-  : "${OUT:?OUT is not set: run this through the device tool (it sets OUT), or pass --smoke}"
+  : "${OUT:?OUT is not set: set OUT to the folder whose files come back, or pass --smoke}"
   CARRY=$ROOT/.carry
   STAGE_DIR=/root/ropekit-stage
   export ROPEKIT_CACHE=/root/ropekit-cache

@@ -36,7 +36,7 @@ from _common import config_for, model_flops_per_token  # noqa: E402
 CALL_LIMIT_S = 600  # one device command
 PLAN_LIMIT_S = 330  # several rows share a call only while its estimate stays under this (margin for wrong estimates)
 ROW_LIMIT_S = 420  # one row trains and evaluates in one call while its estimate stays under this; else train, then evaluate
-SESSION_S = 900  # device time of one session, starts and idle gaps included
+WINDOW_S = 900  # one GPU window: the machine's start, the calls and the gaps between them
 START_S = 120  # a machine's start
 GAP_S = 20  # between two calls on a warm machine (the reply, the next call's transfer)
 PEAK = 772e12  # bf16 8192³ matmul on the anchors' H100
@@ -174,33 +174,63 @@ def perf_calls() -> list[dict]:
     steps = 2 + 5  # warm-up + timed
     build = 10.0
     logit = IMPORT_S + sum(2 * steps * plain_step_s("tinyllama-1.1b", n) + build for n in (16384, 32768, 65536)) + 10
-    train = {n: 9 * (steps * plain_step_s("tinyllama-1.1b", n) + build) + 60 for n in (16384, 32768)}  # 9 variants, compile 60 s
+    train = {n: 10 * (steps * plain_step_s("tinyllama-1.1b", n) + build) + 60 for n in (16384, 32768)}  # 10 variants, compile 60 s
     eval_s = IMPORT_S + 2 * 2 * 6 * 20 * forward_flops(32768) / train_rate() + 20
     niah = IMPORT_S + 3 * 6 * sum(10 * forward_flops(n) for n in (3072, 6144, 9216, 12288, 15360, 18432, 21504, 24576, 28672, 32768)) / train_rate()
 
-    def ladder(shape: str, lora: bool, lengths) -> float:
-        step = lambda n: plain_step_s(shape, n) * (0.75 if lora else 1.0) * 1.5  # LoRA skips weight grads; offload/tiling ~1.5×
-        return sum(2 * step(n) + 30 for n in lengths)  # two steps + a subprocess's start and model build
-
-    return [
+    calls = [
         {"name": "perf-1", "command": "bash benchmarks/gpu/perf-1.sh", "what": "logit_scale_overhead (EABF vs ABF step at 16K/32K/64K; "
          "attention 8K-64K) + train_throughput at 16K", "seconds": logit + train[16384],
          "brings_back": ["logit_scale_overhead-h100.json", "train_throughput-h100.json", "perf-1.log"]},
         {"name": "perf-2", "command": "bash benchmarks/gpu/perf-2.sh", "what": "train_throughput at 32K (resumes the file) + eval_throughput at 32K",
          "seconds": train[32768] + eval_s, "brings_back": ["train_throughput-h100.json", "eval_throughput-h100.json", "perf-2.log"]},
         {"name": "perf-3", "command": "bash benchmarks/gpu/perf-3.sh", "what": "niah_grid 10 × 10 up to 32K + max_length 1.1B plain (96K, 128K)",
-         "seconds": niah + ladder("tinyllama-1.1b", False, (98304, 131072)) * 0.6,
+         "seconds": niah + probe_s("tinyllama-1.1b", 0, "plain", 98304) + 30,
          "brings_back": ["niah_grid-h100.json", "max_length-h100.json", "perf-3.log"]},
-        {"name": "perf-4", "command": "bash benchmarks/gpu/perf-max-length.sh tinyllama-1.1b 0 ropekit",
-         "what": "max_length 1.1B ropekit 96K→256K (continues where the file stops)",
-         "seconds": ladder("tinyllama-1.1b", False, (98304, 131072, 196608, 262144)), "brings_back": ["max_length-h100.json", "max_length.log"]},
-        {"name": "perf-5", "command": "bash benchmarks/gpu/perf-max-length.sh llama2-7b 8 plain,ropekit",
-         "what": "max_length 6.7B LoRA r=8: plain 96K/128K, ropekit from 96K (continues; repeat until the ladder is done)",
-         "seconds": ladder("llama2-7b", True, (98304, 131072)) * 1.6, "brings_back": ["max_length-h100.json", "max_length.log"]},
-        {"name": "perf-6", "command": "bash benchmarks/gpu/perf-max-length.sh llama2-7b 8 ropekit",
-         "what": "max_length 6.7B LoRA ropekit 192K, then 256K (each probe alone if needed)",
-         "seconds": ladder("llama2-7b", True, (196608, 262144)), "brings_back": ["max_length-h100.json", "max_length.log"]},
     ]
+    return calls + ladder_calls(len(calls) + 1)
+
+
+def probe_s(shape: str, lora: int, variant: str, length: int, steps: int = 2) -> float:
+    """One max_length probe: a subprocess's start and model build, then ``steps`` steps. LoRA skips the frozen weights'
+    gradients (~0.75× the full step); ropekit's offload and tiling are assumed to cost 1.5×."""
+    step = plain_step_s(shape, length) * (0.75 if lora else 1.0) * (1.5 if variant == "ropekit" else 1.0)
+    return 30 + steps * step
+
+
+def ladder_calls(first: int) -> list[dict]:
+    """The ladders of issue 14 (plain HF's are expected to stop at 96K, one rung above costs an out-of-memory in
+    seconds), packed into calls of at most PLAN_LIMIT_S; a probe longer than that gets a call of its own (with one
+    optimizer step for 6.7B LoRA at 256K, where two would not fit 10 minutes)."""
+    ladders = [("tinyllama-1.1b", 0, "ropekit", (98304, 131072, 196608, 262144)),
+               ("llama2-7b", 8, "plain", (98304, 131072)), ("llama2-7b", 8, "ropekit", (98304, 131072, 196608, 262144))]
+    calls, number = [], first
+    for shape, lora, variant, lengths in ladders:
+        group: list[tuple[int, int, float]] = []
+        pending = []
+        for n in lengths:
+            steps = 1 if lora and probe_s(shape, lora, variant, n) > PLAN_LIMIT_S * 1.6 else 2
+            pending.append((n, steps, probe_s(shape, lora, variant, n, steps)))
+        for n, steps, seconds in pending:
+            if group and (sum(x[2] for x in group) + seconds > PLAN_LIMIT_S or steps != group[0][1]):
+                calls.append(_ladder_call(number, shape, lora, variant, group))
+                number, group = number + 1, []
+            group.append((n, steps, seconds))
+        if group:
+            calls.append(_ladder_call(number, shape, lora, variant, group))
+            number += 1
+    return calls
+
+
+def _ladder_call(number: int, shape: str, lora: int, variant: str, group) -> dict:
+    from ropekit.lengths import format_length
+
+    ladder = ",".join(format_length(n).lower() for n, _, _ in group)
+    steps = group[0][1]
+    return {"name": f"perf-{number}", "command": f"bash benchmarks/gpu/perf-max-length.sh {shape} {lora} {variant} {ladder} {steps}",
+            "what": f"max_length {shape}{f' LoRA r={lora}' if lora else ''} {variant}: {ladder} ({steps} optimizer step(s))",
+            "seconds": IMPORT_S + sum(x[2] for x in group), "brings_back": ["max_length-h100.json", "max_length.log"],
+            "probes": [(shape, lora, variant, n) for n, _, _ in group]}
 
 
 def done_labels(results_dir: Path) -> set[str]:
@@ -210,12 +240,18 @@ def done_labels(results_dir: Path) -> set[str]:
     return labels
 
 
-def perf_done(results_dir: Path, name: str) -> bool:
+def perf_done(results_dir: Path, call: dict) -> bool:
+    if "probes" in call:  # a ladder call is done when each of its probes has a definite result (or a rung below failed)
+        rows = [r for p in results_dir.glob("max_length-*.json") for r in json.loads(p.read_text())["rows"]]
+        def settled(shape, lora, variant, n):
+            mine = [r for r in rows if (r["shape"], r["lora"], r["variant"]) == (shape, lora, variant)]
+            return any(r["length"] == n and r["status"] in ("ok", "out of memory") for r in mine) or \
+                any(r["length"] < n and r["status"] == "out of memory" for r in mine)
+        return all(settled(*probe) for probe in call["probes"])
     files = {"perf-1": [("logit_scale_overhead", "max_step_ratio"), ("train_throughput", "ratio_16k")],
              "perf-2": [("train_throughput", "ratio_32k"), ("eval_throughput", "ratio_32k")],
-             "perf-3": [("niah_grid", "seconds"), ("max_length", "full_1b_plain")],
-             "perf-4": [("max_length", "full_1b_ropekit")], "perf-5": [("max_length", "lora_7b_plain")], "perf-6": [("max_length", "lora_7b_ropekit")]}
-    for benchmark, key in files[name]:
+             "perf-3": [("niah_grid", "seconds"), ("max_length", "full_1b_plain")]}
+    for benchmark, key in files[call["name"]]:
         found = [json.loads(p.read_text()) for p in results_dir.glob(f"{benchmark}-*.json")]
         if not any(d["summary"].get(key) is not None and not d.get("smoke") for d in found):
             return False
@@ -233,15 +269,15 @@ def main(argv: list[str] | None = None) -> dict:
     for call in study:
         call["done"] = all(r.label in measured for r in call["rows"])
     for call in perf:
-        call["done"] = perf_done(ROOT / "benchmarks" / "results", call["name"])
+        call["done"] = perf_done(ROOT / "benchmarks" / "results", call)
     plan = {"study": [{**c, "rows": [vars(r) for r in c["rows"]]} for c in study], "perf": perf}
     if args.json:
         print(json.dumps(plan, indent=1))
         return plan
     print(f"Estimates for one H100 from FLOPs and the anchors (training rate {train_rate() / 1e12:.0f} TFLOP/s of model FLOPs, "
-          f"{train_rate() / PEAK:.0%} of the bf16 peak). A session has {SESSION_S // 60} device-minutes: a start "
+          f"{train_rate() / PEAK:.0%} of the bf16 peak). A GPU window has {WINDOW_S // 60} minutes: a start "
           f"(~{START_S // 60} min), then calls of < 10 min, < 30 s apart.\n")
-    print("Issue 15 — the study (first call of a session: stage-1.sh, then within 30 s the first study.sh):")
+    print("Issue 15 — the study (first call of a window: stage-1.sh, then within 30 s the first study.sh):")
     for i, call in enumerate(study, 1):
         if args.next and call["done"]:
             continue

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run HERE (a CPU machine with PyPI), before a GPU session: make everything the device calls carry.
+# Run HERE (a CPU machine with PyPI), before a GPU window: make everything the device calls carry.
 #   bash benchmarks/gpu/prepare.sh              # .whl/ (wheels), .carry/stage-1 and stage-2 (GGUF halves, corpus),
 #                                               # .carry/smollm2-tokenizer (for the random-weight evaluation timings)
 #   bash benchmarks/gpu/prepare.sh --smoke DIR  # the same layout in DIR/carry with a small stand-in file, no downloads

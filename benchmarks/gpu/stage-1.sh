@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# First call of a study session (issue 15), seconds: park the first half of the SmolLM2 GGUF and unpack the text corpus
+# First call of a study window (issue 15), seconds: park the first half of the SmolLM2 GGUF and unpack the text corpus
 # on this machine. The next call (study.sh, carrying the second half) must start less than 30 s later, while the
 # machine is still warm. Carry: .carry/stage-1. Brings back: stage-1.log.
 source "$(dirname "$0")/common.sh" "$@"
