@@ -130,11 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             t = step_times(args.shape, length, args.repeats, args.warmup)
         except Exception as err:  # an out-of-memory (or other) failure is a result, not the end of the run
-            if not is_oom(err):
-                raise
             free_memory()
-            results.add({"kind": "step", "shape": args.shape, "length": length, "status": "out of memory"})
-            print(f"  step {args.shape} {length:>7}: out of memory", flush=True)
+            status = "out of memory" if is_oom(err) else f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            results.add({"kind": "step", "shape": args.shape, "length": length, "status": status})
+            print(f"  step {args.shape} {length:>7}: {status}", flush=True)
             continue
         ratio = t["eabf"]["median_s"] / t["abf"]["median_s"]
         results.add({"kind": "step", "shape": args.shape, "length": length, "status": "ok", "abf": t["abf"], "eabf": t["eabf"],

@@ -136,10 +136,8 @@ def run_variant(name: str, knobs: set[str], config, length: int, steps: int, war
             step, cleanup = build_step(config, knobs, length)
             reset_peak_memory()
             t = measure(step, repeats=steps, warmup=warmup)
-        except Exception as err:
-            if not is_oom(err):
-                raise
-            return {**row, "status": "out of memory"}
+        except Exception as err:  # out of memory, or a knob that fails here (e.g. a compiler error): a result, not the end
+            return {**row, "status": "out of memory" if is_oom(err) else f"error: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
         finally:
             if cleanup:
                 cleanup()
