@@ -118,7 +118,7 @@ def test_gpu_preset_slices_cover_every_row_once():
 
 
 def test_interrupted_training_resumes_from_its_checkpoint_and_train_only_stops_before_evaluation(tmp_path, monkeypatch):
-    preset = tiny_preset(tmp_path, (Slice("trained", "one trained row", ("eabf-512",)),))
+    preset = tiny_preset(tmp_path, (Slice("trained", "one trained row", ("eabf-512",), (400,), {"passkey": {"trials": 1}}),))
     preset = Preset(preset.name, preset.description, preset.model, preset.runs, preset.lengths, preset.tasks,
                     {**preset.common, "save_steps": 1}, preset.slices)
     monkeypatch.setitem(study_module.PRESETS, "tiny", preset)
