@@ -12,7 +12,7 @@ Estimates come from FLOPs and the measured anchors (shared/anchors.md), never fr
     since a forward pays no recomputation or optimizer; Self-Extend runs its own fp32 attention (two full S×S logit
     matrices per layer), priced at FP32_RATE plus its memory passes;
   * CPU work on the GPU machine, measured here on 2 CPU cores (CPU time): KV-retrieval and LongChat-Lines prompts
-    cost ≈ 1.6 s and 1.2 s per 64K sample (linear in length; generated once per call and shared by the rows),
+    cost ≈ 0.5 s and 0.7 s per 64K sample (linear in length; paid by every row),
     synthetic 32K conversations ≈ 0.11 s each, tokenising the Shakespeare corpus ≈ 4 s;
   * fixed costs per call: start-up and imports, and converting the GGUF to safetensors (first call on a machine).
 Issue 14's benchmarks are priced from the anchors' plain-HF step times (TinyLlama 26.4K tok/s at 16K, 18.9K at
@@ -44,7 +44,7 @@ ANCHOR_TRAIN_S = 130.0  # SmolLM2 EABF, 100 × 32K × 2 epochs (shared/anchors.m
 FP32_RATE = 40e12  # fp32 matmul FLOP/s assumed for Self-Extend's logits (no TF32)
 HBM = 3.0e12  # bytes/s
 IMPORT_S, CONVERT_S, ROW_LOAD_S, TRAIN_SETUP_S = 15.0, 25.0, 3.0, 10.0
-KV_64K_S, LINES_64K_S, CHAT_32K_S, SHAKESPEARE_S = 1.6, 1.2, 0.11, 4.0
+KV_64K_S, LINES_64K_S, CHAT_32K_S, SHAKESPEARE_S = 0.5, 0.7, 0.11, 4.0
 
 
 def smollm2():
@@ -77,7 +77,7 @@ class Row:
     label: str
     train_s: float
     eval_s: float
-    prep_s: float  # CPU work paid once per call (prompts shared by the rows of a call)
+    prep_s: float  # CPU work making its evaluation prompts (included in eval_s)
     notes: list = field(default_factory=list)
 
 
@@ -119,7 +119,7 @@ def estimate_row(preset, run, part) -> Row:
     for task, per_sample in (("kv", KV_64K_S), ("lines", LINES_64K_S)):
         if task in tasks:
             prep_s += sum(per_length[task](tasks[task]) * per_sample * n / 65536 for n in lengths)
-    return Row(run.label, train_s, ROW_LOAD_S + eval_s, prep_s)
+    return Row(run.label, train_s, ROW_LOAD_S + eval_s + prep_s, prep_s)
 
 
 def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
@@ -135,7 +135,7 @@ def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
 
     def add(part, members, train_only=False, follows=False):
         seconds = fixed + (sum(r.train_s for r in members) if train_only else
-                           max(r.prep_s for r in members) + sum(r.eval_s + (0 if follows else r.train_s) for r in members))
+                           sum(r.eval_s + (0 if follows else r.train_s) for r in members))
         labels = ",".join(r.label for r in members)
         calls.append({"slice": part.name, "rows": members, "seconds": seconds, "train_only": train_only,
                       "command": f"bash benchmarks/gpu/study.sh {part.name} {labels}{' --train-only' if train_only else ''}",
@@ -147,14 +147,14 @@ def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
         current: list[Row] = []
         for label in part.labels:
             row = estimate_row(preset, rows[label], part)
-            if fixed + row.train_s + row.eval_s + row.prep_s > ROW_LIMIT_S and row.train_s > 0:
+            if fixed + row.train_s + row.eval_s > ROW_LIMIT_S and row.train_s > 0:
                 if current:
                     add(part, current)
                     current = []
                 add(part, [row], train_only=True)
                 add(part, [row], follows=True)
                 continue
-            if current and fixed + max(r.prep_s for r in current + [row]) + sum(r.train_s + r.eval_s for r in current + [row]) > PLAN_LIMIT_S:
+            if current and fixed + sum(r.train_s + r.eval_s for r in current + [row]) > PLAN_LIMIT_S:
                 add(part, current)
                 current = []
             current.append(row)
