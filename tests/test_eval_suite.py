@@ -78,7 +78,6 @@ def test_lines_and_kv_samples_fit_and_hold_the_answer():
     assert text.index(first["gold"]) < text.index(last["gold"])  # the gold pair moves through the object
 
 
-@pytest.mark.parametrize("run", [run_lines, run_kv])
 def test_record_count_search_with_a_guess_finds_the_same_count():
     """kv prompts bracket the binary search around a first guess (fewer tokenisations of a long prompt): same answer."""
     import random
@@ -104,6 +103,7 @@ def test_record_count_search_with_a_guess_finds_the_same_count():
             assert _fit("t", count, 2, high, length, guess) == plain
 
 
+@pytest.mark.parametrize("run", [run_lines, run_kv])
 def test_lines_and_kv_metrics(run):
     tok = tiny_tokenizer()
     perfect = run(OracleModel(True), tok, [900], positions=[0, 1], trials=2, progress=False)
