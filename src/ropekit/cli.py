@@ -203,8 +203,9 @@ def evaluate(model: str = typer.Argument(..., help="checkpoint directory (e.g. f
 
 @app.command()
 @friendly
-def report(directory: Path = typer.Argument(..., help="an --output directory of `ropekit eval` or `ropekit compare`")):
-    """Render results.json into report.html (self-contained) and report.md with tables and PNG plots."""
+def report(directory: Path = typer.Argument(..., help="an --output directory of `ropekit eval`, `compare` or `study` (slices are merged)")):
+    """Render results.json (or every DIR/<slice>/results.json, merged) into report.html (self-contained) and report.md
+    with tables and PNG plots."""
     from .report import render
 
     md, page = render(directory)
@@ -282,24 +283,35 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
 @friendly
 def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) or smollm2-cpu-smoke (the pipeline at CPU scale)"),
           output: Path = typer.Option(Path("ropekit-study"), "--output", "-o", help="directory; re-running resumes"),
-          only: Optional[str] = typer.Option(None, help="comma-separated run labels to run (default: all)"),
+          slice_name: Optional[str] = typer.Option(None, "--slice", help="run one slice of the preset (see --list); default: every slice"),
+          only: Optional[str] = typer.Option(None, help="comma-separated run labels to run (default: all of the slice)"),
+          report_only: bool = typer.Option(False, help="run nothing: merge every slice's results.json under --output into the report and study.md"),
+          train_only: bool = typer.Option(False, help="train the rows and stop; a later run (same --output) evaluates them"),
           device: str = typer.Option("auto"),
-          list_runs: bool = typer.Option(False, "--list", help="print the preset's runs and exit")):
-    """Every method under the same fine-tuning budget, then one evaluation and report: a miniature of the EABF and
-    CREAM papers' tables (docs/results.md)."""
-    from .study import get_preset, preset_table
+          list_runs: bool = typer.Option(False, "--list", help="print the preset's slices and runs and exit")):
+    """Every method under the same fine-tuning budget, in slices that each fit a short GPU window; each slice writes
+    OUTPUT/<slice>/results.json, and the report and study.md merge every slice found (docs/results.md)."""
+    from .study import get_preset, preset_slices
     from .study import study as run_study
 
     if list_runs:
         chosen = get_preset(preset)
         console.print(f"{chosen.name}: {chosen.description}", highlight=False)
-        for row in preset_table(preset):
-            console.print(f"  {row['label']:<20} {row['method']:<8} target {row['target']:<4} "
-                          f"{'trained, ' + row['recipe'] + ', ' + row['strategy'] if row['train'] else 'training-free'}", highlight=False)
+        rows = {r.label: r for r in chosen.runs}
+        for part in preset_slices(chosen):
+            console.print(f"[bold]{part.name}[/] — {part.description}", highlight=False)
+            for label in part.labels:
+                row = rows[label]
+                console.print(f"  {label:<20} {row.method:<14} target {row.target:<4} "
+                              f"{'trained, ' + row.recipe + ', ' + row.strategy if row.train else 'training-free'}", highlight=False)
         return
-    results = run_study(preset, output, device=device, only=[o for o in (only or "").split(",") if o.strip()] or None)
+    results = run_study(preset, output, device=device, only=[o for o in (only or "").split(",") if o.strip()] or None,
+                        slice_name=slice_name, report_only=report_only, train_only=train_only)
+    if results is None:
+        console.print(f"[green]trained[/]; evaluate with the same command without --train-only", highlight=False)
+        return
     _print_results(results)
-    console.print(f"summary: {Path(output) / 'study.md'}", highlight=False)
+    console.print(f"summary: {Path(output) / 'study.md'}; report: {Path(output) / 'report.html'}", highlight=False)
 
 
 def main():  # pragma: no cover - console entry point
