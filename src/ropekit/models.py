@@ -51,18 +51,30 @@ def _quiet_transformers():
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a GGUF file through transformers (dequantised to plain layers); returns ``(model, tokenizer)``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a GGUF file through transformers (dequantised to plain layers); returns ``(model, tokenizer)``.
+
+    RoPE scaling is read from the file's keys (``<arch>.rope.scaling.*``, ``rope_freqs``) by ropekit, since
+    transformers restores only the base; a scaling type transformers cannot express is refused.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path).expanduser()
     try:
         import gguf  # noqa: F401
     except ImportError:
         raise RopekitError("loading a .gguf file needs the 'gguf' package", "pip install gguf") from None
+    from .export.gguf_rope import read_gguf_rope
+
+    rope = read_gguf_rope(path)  # refuses rope scaling it cannot express, before the (slow) load
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            # transformers' GGUF loader maps rope.freq_base but drops rope scaling for llama-family files: restore it
+            config.rope_parameters = rope["rope_parameters"]
+            if rope["record"] is not None:
+                config.ropekit = rope["record"]
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config, dtype=dtype)
     except (ValueError, OSError, KeyError) as err:
         raise RopekitError(f"transformers could not load the GGUF file {path} ({str(err).splitlines()[0][:200]})",
                            "pass a GGUF of a supported architecture, or a directory with config.json and .safetensors") from None
