@@ -234,8 +234,9 @@ def _add_tokenizer(writer, gguf, tokenizer, vocab_size: int, directory: Path) ->
     special = gguf.SpecialVocab(directory, load_merges=True, n_vocab=vocab_size)
     # whether BOS/EOS are added is what the tokenizer does, not what a config file may claim
     probe = tokenizer("a")["input_ids"]
-    special.add_special_token = {"bos": tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id],
-                                 "eos": tokenizer.eos_token_id is not None and probe[-1:] == [tokenizer.eos_token_id]}
+    special.add_special_token = {"bos": tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]}
+    if tokenizer.eos_token_id is not None and probe[-1:] == [tokenizer.eos_token_id]:
+        special.add_special_token["eos"] = True  # llama.cpp adds no EOS unless told (as its converter writes it)
     if getattr(tokenizer, "chat_template", None) and not special.chat_template:
         special.chat_template = tokenizer.chat_template
     special.add_to_gguf(writer, quiet=True)
