@@ -141,6 +141,17 @@ def export(model: str = typer.Argument(..., help="checkpoint directory (e.g. fro
                   f"rope={summary['rope']}  tensors={summary['tensors']}  ({summary['dtype']})", highlight=False)
 
 
+@app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+@friendly
+def lm_eval(ctx: typer.Context):
+    """lm-evaluation-harness with the `ropekit` model backend registered; every argument goes to lm-eval's CLI, e.g.
+    ropekit lm-eval --model ropekit --model_args pretrained=CKPT,method=eabf,target_length=32k --tasks TASKS
+    (needs: pip install 'ropekit[lm-eval]')."""
+    from .integrations.lm_eval import cli
+
+    cli(list(ctx.args))
+
+
 def _print_results(results: dict) -> None:
     from .compare import summary_rows
 
