@@ -247,6 +247,10 @@ class RopekitModelMixin:
         super().__init__(config, *args, **kwargs)
         for backend in WRAPPED_BACKENDS:
             wrap_backend(backend)
+        backend = self.config._attn_implementation
+        if record.get("attention") and backend not in WRAPPED_BACKENDS:  # e.g. a serving engine's own attention
+            raise RopekitCodeError(f"attention implementation {backend!r} would run without this checkpoint's "
+                                   f"{', '.join(sorted(record['attention']))}; use one of {', '.join(WRAPPED_BACKENDS)}")
         if is_dynamic(config):
             self.register_forward_pre_hook(rebuild_dynamic_rope)
 
