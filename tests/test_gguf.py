@@ -211,10 +211,10 @@ def smollm2_checkpoints(tmp_path_factory):
 def test_smollm2_export_then_load_model(smollm2_checkpoints, method):
     tmp, dirs = smollm2_checkpoints
     model, tokenizer = ropekit.load_model(dirs[method], device="cpu")
-    ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog. " * 110)["input_ids"][:1100]])
+    ids = torch.tensor([tokenizer("The quick brown fox jumps over the lazy dog. " * 80)["input_ids"][:700]])
     with torch.no_grad():
         want = model(ids).logits
-        for dtype in ("f32", "f16"):
+        for dtype in ("f32", "f16") if method == "yarn" else ("f32",):  # f16 rounding is method-independent
             export_gguf(dirs[method], tmp / f"{method}-{dtype}.gguf", dtype=dtype)
             loaded, _ = ropekit.load_model(tmp / f"{method}-{dtype}.gguf", device="cpu")
             oracle = want if dtype == "f32" else _rounded_to_f16(model)(ids).logits

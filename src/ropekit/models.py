@@ -65,7 +65,13 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         raise RopekitError("loading a .gguf file needs the 'gguf' package", "pip install gguf") from None
     from .export.gguf_rope import read_gguf_rope
 
-    rope = read_gguf_rope(path)  # refuses rope scaling it cannot express, before the (slow) load
+    try:
+        rope = read_gguf_rope(path)  # refuses rope scaling it cannot express, before the (slow) load
+    except RopekitError:
+        raise
+    except (ValueError, OSError, KeyError, IndexError) as err:
+        raise RopekitError(f"could not load the GGUF file {path} ({str(err).splitlines()[0][:200]})",
+                           "pass a valid .gguf file, or a directory with config.json and .safetensors") from None
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
