@@ -116,6 +116,42 @@ def extend(model: str = typer.Argument(..., help="directory, .gguf file, hub id,
                   f"target={record['target_length']}  rope={json.dumps(loaded.config.rope_parameters)}", highlight=False)
 
 
+@app.command("export")
+@friendly
+def export(model: str = typer.Argument(..., help="checkpoint directory (e.g. from `ropekit extend`), or smollm2-135m"),
+           frequency_only: Optional[Path] = typer.Option(None, "--frequency-only", help="write the plain-transformers variant (attention side dropped) to this new directory"),
+           gguf: Optional[Path] = typer.Option(None, "--gguf", help="write a GGUF file for llama.cpp / Ollama (frequency-only methods, llama-family models)"),
+           dtype: str = typer.Option("f16", help="GGUF tensor type: f16 or f32"),
+           overwrite: bool = typer.Option(False, help="replace an existing output")):
+    """Take an extended model elsewhere: a plain variant any server loads, or a GGUF for llama.cpp (docs/serving.md)."""
+    if (frequency_only is None) == (gguf is None):
+        raise RopekitError("pass exactly one of --frequency-only OUT_DIR or --gguf OUT.gguf", "e.g. ropekit export ckpt --gguf model.gguf")
+    if frequency_only is not None:
+        from .export.bundle import export_frequency_only
+
+        dropped = export_frequency_only(model, frequency_only, overwrite=overwrite)
+        for line in dropped:
+            err_console.print(f"[bold yellow]dropped:[/] {line} — {frequency_only} is NOT the same model at long context", highlight=False)
+        console.print(f"[green]wrote[/] {frequency_only} (plain transformers, no custom code)", highlight=False)
+        return
+    from .export.gguf import export_gguf
+
+    summary = export_gguf(model, gguf, dtype=dtype, overwrite=overwrite)
+    console.print(f"[green]wrote[/] {gguf}  arch={summary['arch']}  context={summary['context_length']}  "
+                  f"rope={summary['rope']}  tensors={summary['tensors']}  ({summary['dtype']})", highlight=False)
+
+
+@app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+@friendly
+def lm_eval(ctx: typer.Context):
+    """lm-evaluation-harness with the `ropekit` model backend registered; every argument goes to lm-eval's CLI, e.g.
+    ropekit lm-eval --model ropekit --model_args pretrained=CKPT,method=eabf,target_length=32k --tasks TASKS
+    (needs: pip install 'ropekit[lm-eval]')."""
+    from .integrations.lm_eval import cli
+
+    cli(list(ctx.args))
+
+
 def _print_results(results: dict) -> None:
     from .compare import summary_rows
 

@@ -242,6 +242,9 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     else:
         trainer.save_model(str(out))  # gathers DeepSpeed ZeRO-3 / FSDP shards; writes on the main process
     if trainer.is_world_process_zero():
+        from .export.bundle import bundle_checkpoint
+
+        bundle_checkpoint(out)  # an attention-side/dynamic extension carries its modeling code (docs/serving.md)
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
