@@ -365,8 +365,6 @@ def test_refusals_in_the_model_are_one_line():
     gemma2 = tiny_model("gemma2", attn_logit_softcapping=50.0)
     with pytest.raises(ropekit.RopekitError, match="soft-capping"):
         check_model(gemma2)
-    with pytest.raises(ropekit.RopekitError, match="context parallelism"):
-        check_model(model, context_parallel=2)
     with pytest.raises(ropekit.RopekitError, match="Self-Extend"):
         check_model(ropekit.extend(tiny_model("llama"), "self_extend", target_length=4 * NATIVE))
 
@@ -440,23 +438,37 @@ def train_options(workspace, out, **kw):
 
 
 PLAIN_LOGITS = """
-import sys, torch
+import sys
+sys.modules["ropekit"] = None  # any `import ropekit` now raises ImportError
+import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=sys.argv[3:] == ["remote"]).eval()
+print(type(model).__name__)
 ids = torch.arange(3, 240)[None] % 250 + 3
 with torch.no_grad():
     save_file({"logits": model(ids).logits.contiguous()}, sys.argv[2])
-assert "ropekit" not in sys.modules
+assert sys.modules["ropekit"] is None
 """
 
 
-def test_s2_training_leaves_no_trace_and_plain_transformers_loads_it(workspace, tmp_path):
-    import json
+def plain_logits(tmp_path, checkpoint, *mode):
+    """Logits of ``checkpoint`` in a fresh interpreter where ropekit cannot be imported, and the model class."""
     import subprocess
     import sys
 
     from safetensors.torch import load_file
+
+    script = tmp_path / "plain.py"
+    script.write_text(PLAIN_LOGITS)
+    done = subprocess.run([sys.executable, str(script), str(checkpoint), str(tmp_path / "plain.safetensors"), *mode],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return load_file(tmp_path / "plain.safetensors")["logits"], done.stdout.split()[0]
+
+
+def test_s2_training_leaves_no_trace_and_plain_transformers_loads_it(workspace, tmp_path):
+    import json
 
     import ropekit.train
 
@@ -471,19 +483,44 @@ def test_s2_training_leaves_no_trace_and_plain_transformers_loads_it(workspace, 
     config_text = (tmp_path / "s2" / "config.json").read_text()
     assert "s2" not in json.loads(config_text)["ropekit"]["attention"] and "group_ratio" not in config_text
     assert json.loads(config_text)["ropekit"] == json.loads((tmp_path / "full" / "config.json").read_text())["ropekit"]
-    script = tmp_path / "plain.py"
-    script.write_text(PLAIN_LOGITS)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "s2"), str(tmp_path / "plain.safetensors")],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    plain, class_name = plain_logits(tmp_path, tmp_path / "s2")
+    assert class_name == "LlamaForCausalLM"  # a frequency-only extension: no bundled code, the stock class
     model, _ = ropekit.load_model(tmp_path / "s2", device="cpu")
     ids = torch.arange(3, 240)[None] % 250 + 3
     with torch.no_grad():
         ours = model(ids).logits
-    assert rel_err(ours, load_file(tmp_path / "plain.safetensors")["logits"]) < 1e-6
+    assert rel_err(ours, plain) < 1e-6
     base, _ = ropekit.load_model(workspace / "model", device="cpu")
     assert not torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)  # LoRA+: embeddings trained
     assert torch.equal(model.lm_head.weight, base.lm_head.weight)  # the output head stays frozen
+
+
+def test_s2_trained_attention_side_checkpoint_bundles_full_attention_only(workspace, tmp_path):
+    """EABF (an attention-side method) trained with S²-Attn: the checkpoint is self-contained (bundled modeling
+    code), its record is the same as after full-attention training, and the bundled code, run without ropekit,
+    gives the logits of ropekit's own runtime: ordinary full attention with the entropy scale."""
+    import json
+
+    import ropekit.train
+
+    ropekit.train.train(train_options(workspace, tmp_path / "s2", method="eabf", max_steps=2))
+    ropekit.train.train(train_options(workspace, tmp_path / "full", method="eabf", max_steps=2, attention="full"))
+    config = json.loads((tmp_path / "s2" / "config.json").read_text())
+    assert config["model_type"] == "ropekit_llama" and (tmp_path / "s2" / "modeling_ropekit.py").exists()
+    assert config["ropekit"] == json.loads((tmp_path / "full" / "config.json").read_text())["ropekit"]
+    assert sorted(config["ropekit"]["attention"]) == ["logit_scale"]  # the plan the bundled code runs: no S²-Attn
+    text = (tmp_path / "s2" / "config.json").read_text()
+    assert "s2" not in text and "group_ratio" not in text and "shifted" not in text
+    remote, class_name = plain_logits(tmp_path, tmp_path / "s2", "remote")
+    assert class_name == "RopekitLlamaForCausalLM"
+    model, _ = ropekit.load_model(tmp_path / "s2", device="cpu")
+    ids = torch.arange(3, 240)[None] % 250 + 3
+    with torch.no_grad():
+        ours = model(ids).logits
+    assert rel_err(ours, remote) < 1e-5
+    # and the check can fail: the same model with S²-Attn open gives other logits
+    with torch.no_grad(), s2_training(model.train(), min_length=0):
+        assert rel_err(model(ids, use_cache=False).logits, remote) > 1e-4
 
 
 def test_lora_plus_unties_tied_embeddings_and_reloads_equal(workspace, tmp_path):

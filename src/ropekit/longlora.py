@@ -478,15 +478,13 @@ def check_options(group_ratio: float, min_length: int, kernel: str = "auto") -> 
         raise RopekitError(f"unknown S²-Attn kernel {kernel!r}", f"use one of: {', '.join(KERNELS)}")
 
 
-def check_model(model, context_parallel: int = 1) -> None:
-    """One-line refusals for models and setups S²-Attn cannot train, before the first step."""
+def check_model(model) -> None:
+    """One-line refusals for models S²-Attn cannot train, before the first step (context parallelism is refused
+    with the other launch checks, in :func:`ropekit.parallel.check_context_parallel`)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if getattr(config, "attn_logit_softcapping", None):
         raise RopekitError(f"S²-Attn does not support attention logit soft-capping ({config.model_type}: "
                            f"attn_logit_softcapping={config.attn_logit_softcapping})", "train this model with --attention full")
-    if context_parallel > 1:
-        raise RopekitError(f"S²-Attn cannot run under context parallelism (cp size {context_parallel}): ring attention "
-                           "shards the sequence across devices", "use --attention full with context parallelism, or S²-Attn without it")
     plan = getattr(config, "ropekit", None) or {}
     if isinstance(plan, dict) and (plan.get("attention") or {}).get("self_extend"):
         raise RopekitError("S²-Attn cannot train a Self-Extend model (Self-Extend is an inference-time method)",
