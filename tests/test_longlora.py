@@ -595,3 +595,22 @@ def test_benchmark_smoke_writes_its_json(tmp_path):
         (row,) = results[part]
         assert row["length"] == 256 and row["full_s"] > 0 and row["s2_s"] > 0
         assert row["ratio"] == pytest.approx(row["full_s"] / row["s2_s"], rel=1e-3)
+
+
+def test_main_job_overhead_smoke_compares_two_sources(tmp_path):
+    """The before/after benchmark runs both sources (each child asserts it imported the one it was given)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "main_job_overhead.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--before", "HEAD", "--json", str(tmp_path / "o.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "o.json").read_text())
+    assert results["smoke"] and results["before"] == "HEAD"
+    assert [(r["method"], r["length"]) for r in results["rows"]] == [("yarn", 256), ("eabf", 256)]
+    for row in results["rows"]:
+        assert len(row["before_cpu_s"]) == len(row["after_cpu_s"]) == 1 and min(row["before_cpu_s"] + row["after_cpu_s"]) > 0
+        assert row["ratio"] == pytest.approx(row["after_cpu_s"][0] / row["before_cpu_s"][0], rel=1e-3)
