@@ -136,7 +136,9 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "benchmark": "main_job_overhead", "command": "python " + " ".join(sys.argv), "smoke": args.smoke, "job": args.job,
-            "before": args.before, "after": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            "before": args.before, "before_commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.before],
+                                                                   capture_output=True, text=True).stdout.strip(),
+            "after": subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                                                            capture_output=True, text=True).stdout.strip(),
             "machine": f"{os.cpu_count()} CPU cores", "load_average": os.getloadavg(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(time.perf_counter() - started, 1),
