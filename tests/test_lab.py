@@ -193,8 +193,9 @@ def test_quick_lab_pretrains_a_retriever_that_extension_rescues(tmp_path, monkey
     extension, and at least one method that never saw a 4×-long sequence must retrieve ≥ 80% at 4×."""
     monkeypatch.setattr(lab, "pretrained_dir", lambda budget, shape, seed: tmp_path / "pretrained")  # a fresh pre-training
     results = lab.lab(tmp_path / "lab", quick=True, progress=False)
-    scores = {r["label"]: {int(n): c["score"] for n, c in r["results"]["lab-passkey"].items()} for r in results["runs"]}
-    assert scores["none"][128] >= 80, scores
-    assert scores["none"][512] <= 10, scores
-    rescued = {label: s[512] for label, s in scores.items() if label != "none"}
-    assert max(rescued.values()) >= 80, rescued
+    passkey = {r["label"]: r["results"]["lab-passkey"] for r in results["runs"]}
+    summary = {label: (cells["128"]["score"], cells["512"]["score"], cells["512"]["far"]) for label, cells in passkey.items()}
+    assert passkey["none"]["128"]["score"] >= 80, summary  # pre-training produced a retriever
+    assert passkey["none"]["512"]["far"] <= 10, summary  # unextended, it is lost beyond its window
+    assert passkey["none"]["512"]["score"] <= 50, summary
+    assert max(cells["512"]["score"] for label, cells in passkey.items() if label != "none") >= 80, summary  # extension works
