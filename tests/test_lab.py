@@ -63,7 +63,7 @@ def test_passkey_and_kv_sequences(small_texts):
         ids = s["context"] + s["answer"]
         assert len(ids) == length and ids[0] == lab.BOS and s["context"][-2:] == [lab.QUERY, lab.ANSWER]
         assert ids[s["offset"]] == lab.KEY and ids[s["offset"] + 1 : s["offset"] + 6] == s["answer"]
-        assert abs(s["offset"] / length - 0.5) < 0.1
+        assert abs(s["offset"] / length - 0.5) < 0.1 and s["distance"] == len(s["context"]) - 1 - s["offset"]
         start = tokenizer.decode(ids[1:9])  # the filler is evaluation text, never training text
         assert start in EVAL_TEXT and start not in TRAIN_TEXT
 
@@ -75,6 +75,7 @@ def test_passkey_and_kv_sequences(small_texts):
         asked = kv["context"][-2]
         where = kv["context"].index(asked)
         assert where == kv["offset"] and kv["context"][where + 1 : where + 1 + len(kv["answer"])] == kv["answer"]
+        assert kv["distance"] == len(kv["context"]) - 1 - where
 
 
 def test_training_rows_are_deterministic_and_mixed(small_texts):

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from .errors import RopekitError
 from .eval.scoring import score_answers
@@ -343,14 +344,14 @@ class Shape:
 
 def lab_model(shape: Shape, seed: int):
     """A freshly initialised ``LlamaForCausalLM`` of ``shape`` over the lab vocabulary (fp32, SDPA attention)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(vocab_size=len(VOCABULARY), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
                          num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
                          max_position_embeddings=shape.native, rope_parameters={"rope_type": "default", "rope_theta": shape.theta},
                          tie_word_embeddings=False, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS)
     torch.manual_seed(seed)
-    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -396,7 +397,7 @@ class Schedule:
     length: int
     learning_rate: float
     warmup: int
-    scheduler: str = "cosine_with_min_lr"  # cosine to min_lr_rate × peak; "constant_with_warmup" for fine-tuning
+    scheduler: str = "cosine_with_min_lr"  # a transformers lr_scheduler_type; this one decays to min_lr_rate × peak
     min_lr_rate: float = 0.1
     other_weight: float = 1.0
     mix: Mix = Mix()
@@ -444,9 +445,9 @@ def train_lab(model, tokenizer, schedule: Schedule, output: Path, seed: int, str
             "schedule": asdict(schedule), "strategy": strategy, "strategy_params": params, "target_length": target_length}
 
 
-class LearningCurve:
-    """A Trainer callback: in-window pass-key and key–value accuracy every ``every`` steps (evaluation split, a
-    fixed small set), with the process CPU time, so every pre-training records how fast retrieval appears."""
+class LearningCurve(TrainerCallback):
+    """In-window pass-key and key–value accuracy every ``every`` steps (evaluation split, a fixed small set), with
+    the process CPU time, so every pre-training records how fast retrieval appears."""
 
     def __init__(self, tokenizer, native: int, every: int, trials: int = 100, pairs: int = 9):
         self.tokenizer, self.native, self.every, self.trials, self.pairs = tokenizer, native, every, trials, pairs
@@ -463,16 +464,6 @@ class LearningCurve:
         model.train()
         self.rows.append({"step": state.global_step, "cpu_seconds": round(time.process_time() - self.cpu0, 1),
                           "passkey": passkey["score"], "passkey_by_digits": passkey["by_digits"], "kv": kv["score"]})
-
-
-def _as_callback(curve: LearningCurve):
-    from transformers import TrainerCallback
-
-    class Callback(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            curve.on_step_end(args, state, control, model=model)
-
-    return Callback()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -597,7 +588,7 @@ def pretrain(budget: Budget, shape: Shape = Shape(), seed: int = 0, progress: bo
     model = lab_model(shape, seed)
     curve = LearningCurve(tokenizer, shape.native, budget.curve_every, pairs=budget.tasks.get("lab-kv", {}).get("pairs", 9))
     summary = train_lab(model, tokenizer, replace(budget.pretrain, length=shape.native), out, seed,
-                        callbacks=[_as_callback(curve)], save_steps=500, progress=progress)
+                        callbacks=[curve], save_steps=500, progress=progress)
     summary.update({"shape": asdict(shape), "parameters": sum(p.numel() for p in model.parameters()), "seed": seed,
                     "learning_curve": curve.rows, "threads": torch.get_num_threads(), "cost": _cost(started, cpu)})
     (out / "lab_pretrain.json").write_text(json.dumps(summary, indent=1))
