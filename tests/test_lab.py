@@ -84,6 +84,9 @@ def test_training_rows_are_deterministic_and_mixed(small_texts):
     assert a[5].input_ids != lab.LabSequences(64, 128, seed=1)[5].input_ids
     kinds = [lab.KEY in a[i].input_ids or any(t in lab.KEY_IDS for t in a[i].input_ids) for i in range(64)]
     assert 0 < sum(kinds) < 64  # retrieval and plain-text rows
+    questions = {a[i].input_ids.index(lab.ANSWER) for i in range(64) if lab.ANSWER in a[i].input_ids}
+    assert len(questions) > 5 and max(questions) > 120 and min(questions) < 100  # questions at many positions
+    assert any(a[i].input_ids.count(lab.BOS) == 2 for i in range(64))  # a shorter sequence, then text
     with pytest.raises(IndexError):
         a[64]
     # training sequences only ever hold training values
@@ -91,27 +94,31 @@ def test_training_rows_are_deterministic_and_mixed(small_texts):
         ids = a[i].input_ids
         if lab.ANSWER in ids:
             answer = ids[ids.index(lab.ANSWER) + 1:]
+            answer = answer[:answer.index(lab.BOS)] if lab.BOS in answer else answer
             assert sum(lab.DIGIT_IDS.index(t) for t in answer) % 2 == 0
 
 
 def test_answer_weighted_loss_matches_explicit_sum():
     torch.manual_seed(0)
     vocab = len(lab.VOCABULARY)
-    labels = torch.tensor([[1, 40, 41, 5, 6, 30, 31], [1, 40, 41, 42, 43, 44, 45]])
-    labels[1, 0] = -100
+    # row 0: one sequence, answer 30 31; row 1: an answer (30) ended by the next <s>, then text; -100 is skipped
+    labels = torch.tensor([[1, 40, 41, 5, 6, 30, 31], [1, 40, 6, 30, 1, 41, 42]])
+    labels[1, 6] = -100
     logits = torch.randn(2, 7, vocab)
     loss = lab.answer_weighted_loss(0.5)(type("Out", (), {"logits": logits})(), labels)
     answer, other = [], []
     for b in range(2):
-        seen = False
-        for t in range(1, 7):
-            seen = seen or labels[b, t - 1] == lab.ANSWER
-            if labels[b, t] == -100:
+        inside = False
+        for t in range(7):
+            token = int(labels[b, t])
+            is_answer = inside and token not in (lab.ANSWER, lab.BOS)
+            inside = True if token == lab.ANSWER else False if token == lab.BOS else inside
+            if t == 0 or token == -100:
                 continue
             nll = torch.nn.functional.cross_entropy(logits[b, t - 1][None], labels[b, t][None])
-            (answer if seen and labels[b, t] != lab.ANSWER else other).append(nll)
+            (answer if is_answer else other).append(nll)
     expected = torch.stack(answer).mean() + 0.5 * torch.stack(other).mean()
-    assert len(answer) == 2 and torch.allclose(loss, expected, atol=1e-6)
+    assert len(answer) == 3 and torch.allclose(loss, expected, atol=1e-6)
 
 
 def test_row_table_names_real_methods_and_strategies():

@@ -205,10 +205,15 @@ def text_sequence(rng: random.Random, length: int, split: str) -> dict:
 
 @dataclass(frozen=True)
 class Mix:
-    """The training mixture: the share of each kind of sequence (the rest is natural text)."""
+    """The training mixture: the share of rows that start with a pass-key or key–value sequence (the rest are natural
+    text), and how often that sequence fills the whole row. A shorter one (length uniform in [N/4, N]) is followed by
+    natural text, so questions sit at every position of the window: a model that only ever saw its question at the
+    last position learns where the question is from its distance to ``<s>``, and then any method that moves positions
+    inside the window (YaRN, PI, Self-Extend at 1×) breaks it for a reason real models do not share."""
 
     passkey: float = 0.4
     kv: float = 0.4
+    full_length: float = 0.5
     kv_pairs: tuple[int, int] = (4, 12)  # pairs per key–value training sequence, uniform in this range
 
 
@@ -217,7 +222,7 @@ class LabSequences:
 
     Handed to :class:`ropekit.training.TrainingSet` as its rows (which only indexes and measures them), so millions
     of rows never sit in memory. Rows are :class:`ropekit.data.Example` with ``labels = input_ids``; the loss
-    (:func:`answer_weighted_loss`) tells answers from the rest by the ``<answer>`` marker.
+    (:func:`answer_weighted_loss`) tells answers (from ``<answer>`` to the next ``<s>``) from the rest.
     """
 
     def __init__(self, count: int, length: int, seed: int, mix: Mix = Mix()):
@@ -228,18 +233,23 @@ class LabSequences:
 
     def sequence(self, index: int) -> list[int]:
         rng = random.Random(f"lab-train-{self.seed}-{self.length}-{index}")
+        n = self.length
         draw = rng.random()
+        if draw >= self.mix.passkey + self.mix.kv:
+            return text_sequence(rng, n, "train")["context"]
+        size = n if rng.random() < self.mix.full_length else rng.randint(n // 4, n)
+        if n - size < 16:  # too little room for a text piece: fill the row
+            size = n
         if draw < self.mix.passkey:
-            s = passkey_sequence(rng, self.length, "train")
-        elif draw < self.mix.passkey + self.mix.kv:
+            s = passkey_sequence(rng, size, "train")
+        else:
             low, high = self.mix.kv_pairs
             pairs = rng.randint(low, high)
-            while pairs > 1 and pairs * 5 + 8 > self.length // 2:  # keep at least half the sequence haystack
+            while pairs > 1 and pairs * 5 + 8 > size // 2:  # keep at least half the sequence haystack
                 pairs -= 1
-            s = kv_sequence(rng, self.length, "train", pairs=pairs)
-        else:
-            s = text_sequence(rng, self.length, "train")
-        return s["context"] + s["answer"]
+            s = kv_sequence(rng, size, "train", pairs=pairs)
+        ids = s["context"] + s["answer"]
+        return ids + (text_sequence(rng, n - size, "train")["context"] if size < n else [])
 
     def __getitem__(self, index: int):
         from .data import Example
@@ -271,7 +281,7 @@ def _far(model, rows: list[dict]) -> dict:
     return {"far": _percent(far) if far else None, "far_n": len(far)}
 
 
-def run_lab_passkey(model, tokenizer, lengths, seed: int = 0, progress: bool = True, trials: int = 100, batch_size: int = 25) -> dict:
+def run_lab_passkey(model, tokenizer, lengths, seed: int = 0, progress: bool = True, trials: int = 100, batch_size: int = 10) -> dict:
     """Pass-key accuracy per length; depths evenly spread over [0, 1], 1–5 digits; also reported by key length and
     for the needles at least the native window away from the answer (``far``)."""
     from tqdm.auto import tqdm
@@ -294,7 +304,7 @@ def middle_third(depth: float) -> bool:
 
 
 def run_lab_kv(model, tokenizer, lengths, seed: int = 0, progress: bool = True, pairs: int = 9, trials: int = 12,
-               batch_size: int = 27) -> dict:
+               batch_size: int = 12) -> dict:
     """Key–value accuracy per length: ``trials`` items per gold slot (slots at evenly spaced depths); ``positions``
     is accuracy per depth, ``middle_third`` the accuracy over the slots with depth in [1/3, 2/3] and ``far`` over the
     gold pairs at least the native window away from the answer."""
@@ -319,9 +329,9 @@ def _percent(flags: list[bool]) -> float:
 
 
 register(Task("lab-passkey", "lab pass key: 1–5 digits after <key> in a repeated-phrase haystack (lab tokenizer only)",
-              "accuracy %", True, run_lab_passkey, {"trials": 100, "batch_size": 25}))
+              "accuracy %", True, run_lab_passkey, {"trials": 100, "batch_size": 10}))
 register(Task("lab-kv", "lab key–value retrieval: 9 pairs at evenly spaced depths, one asked (lab tokenizer only)",
-              "accuracy %", True, run_lab_kv, {"pairs": 9, "trials": 12, "batch_size": 27}))
+              "accuracy %", True, run_lab_kv, {"pairs": 9, "trials": 12, "batch_size": 12}))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -359,14 +369,19 @@ def lab_model(shape: Shape, seed: int):
 
 
 def answer_weighted_loss(other_weight: float = 1.0):
-    """A ``compute_loss_func`` for the Trainer: mean cross-entropy of the answer tokens (those after ``<answer>``)
-    plus ``other_weight`` × mean cross-entropy of every other token. Answers are ~3 of 128 tokens; a plain token mean
-    would barely train retrieval, and answers alone leave the copy-from-earlier signal of the haystack unused."""
+    """A ``compute_loss_func`` for the Trainer: mean cross-entropy of the answer tokens (from ``<answer>`` to the next
+    ``<s>``) plus ``other_weight`` × mean cross-entropy of every other token. Answers are ~3 of 128 tokens; a plain
+    token mean would barely train retrieval, and answers alone leave the copy-from-earlier signal of the haystack
+    unused."""
 
     def loss(outputs, labels, num_items_in_batch=None):
         logits = outputs.logits[:, :-1].float()
-        targets = labels[:, 1:].to(logits.device)
-        answer = (torch.cumsum(labels == ANSWER, dim=1) > 0)[:, 1:].to(logits.device) & (targets != ANSWER)
+        labels = labels.to(logits.device)
+        index = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+        last_answer = torch.where(labels == ANSWER, index, -1).cummax(dim=1).values
+        last_start = torch.where(labels == BOS, index, -1).cummax(dim=1).values
+        answer = ((last_answer > last_start) & (labels != ANSWER))[:, 1:]
+        targets = labels[:, 1:]
         valid = targets != -100
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).clamp_min(0),
                                                 reduction="none").view_as(targets)
@@ -553,15 +568,20 @@ class Budget:
 _PRETRAIN = Schedule(steps=3000, batch=32, length=128, learning_rate=2e-3, warmup=100)
 BUDGETS = {
     "default": Budget("default", _PRETRAIN, extend_steps=200,
-                      tasks={"lab-passkey": {"trials": 100}, "lab-kv": {"trials": 12}, "ppl": {"windows": 32, "tail": 64}}),
+                      tasks={"lab-passkey": {"trials": 100, "batch_size": 10}, "lab-kv": {"trials": 12, "batch_size": 12},
+                             "ppl": {"windows": 32, "tail": 64}}),
     "quick": Budget("quick", replace(_PRETRAIN, steps=1000), extend_steps=60, multiples=(1, 2, 4),
-                    tasks={"lab-passkey": {"trials": 50}, "lab-kv": {"trials": 4}, "ppl": {"windows": 8, "tail": 64}},
+                    tasks={"lab-passkey": {"trials": 50, "batch_size": 10}, "lab-kv": {"trials": 4, "batch_size": 12},
+                           "ppl": {"windows": 8, "tail": 64}},
                     rows=("none", "dynamic", "yarn", "self-extend", "cream-yarn"), curve_every=250),
 }
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The recipe, top to bottom
+
+
+DATA_VERSION = 2  # bump when the generators change what a training row holds: cached pre-trainings are then redone
 
 
 def pretrained_dir(budget: Budget, shape: Shape, seed: int) -> Path:
@@ -571,7 +591,7 @@ def pretrained_dir(budget: Budget, shape: Shape, seed: int) -> Path:
     from .embedded import cache_dir
 
     recipe = {"shape": asdict(shape), "schedule": asdict(budget.pretrain), "vocabulary": VOCABULARY, "seed": seed,
-              "text": TEXT_SOURCES, "ropekit": __version__, "torch": torch.__version__}
+              "text": TEXT_SOURCES, "data": DATA_VERSION, "ropekit": __version__, "torch": torch.__version__}
     stamp = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return cache_dir() / "lab" / f"{budget.name}-seed{seed}-{stamp}"
 
@@ -609,12 +629,15 @@ def _say(progress: bool, message: str) -> None:
 
 def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progress: bool = True) -> Path:
     """Extend the pre-trained model with ``row.method`` at 4× and train it under the row's arm; skipped when
-    ``out`` already holds the result."""
+    ``out`` already holds this row trained from this pre-trained model (else it is trained afresh)."""
     from .extension import extend
     from .models import load_model
 
-    if (out / "lab_row.json").is_file():
+    done = out / "lab_row.json"
+    if done.is_file() and json.loads(done.read_text()).get("base") == str(base) and json.loads(done.read_text()).get("row") == asdict(row):
         return out
+    if out.exists():
+        shutil.rmtree(out)
     _say(progress, f"lab: {row.label}: {row.method} at {budget.factor}×, {ARMS[row.arm]}" + (f" ({row.strategy})" if row.strategy != "contiguous" else ""))
     started, cpu = time.time(), time.process_time()
     model, tokenizer = load_model(base, device="cpu" if not torch.cuda.is_available() else "auto", dtype="float32")
@@ -624,7 +647,7 @@ def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progre
     length = target if row.arm == "target" else native
     summary = train_lab(model, tokenizer, budget.extend_schedule(length), out, seed, strategy=row.strategy, target_length=target,
                         strategy_params=row.strategy_params, trainer=row.trainer, dataset=row.dataset, progress=progress)
-    (out / "lab_row.json").write_text(json.dumps({"row": asdict(row), **summary, "cost": _cost(started, cpu)}, indent=1))
+    (out / "lab_row.json").write_text(json.dumps({"row": asdict(row), "base": str(base), **summary, "cost": _cost(started, cpu)}, indent=1))
     return out
 
 
