@@ -159,19 +159,32 @@ def test_combine_seeds_and_verdicts():
 
 
 def test_tiny_lab_end_to_end_resumes(tmp_path, monkeypatch, small_texts):
-    """The pipeline on a tiny budget: pre-training (cached), three arms, evaluation, report, claims; a second run
-    retrains and re-evaluates nothing."""
+    """The pipeline on a tiny budget: pre-training (cached), three arms and one row added by one line (its options
+    reach the trainer), evaluation, report, claims; a second run retrains and re-evaluates nothing."""
     monkeypatch.setenv("ROPEKIT_CACHE", str(tmp_path / "cache"))
+    import ropekit.training
+
+    seen = []
+
+    class RecordingTrainer(ropekit.training.RopekitTrainer):
+        def __init__(self, *args, marker=None, **kwargs):
+            seen.append(marker)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(ropekit.training, "RopekitTrainer", RecordingTrainer)
+    monkeypatch.setattr(lab, "ROWS", (*lab.ROWS, lab.Row("pose-added", "linear", "native", strategy="pose", trainer={"marker": "added"})))
     text = tmp_path / "text.txt"
     text.write_text(EVAL_TEXT * 4)
     quick = lab.BUDGETS["quick"]
     budget = replace(quick, pretrain=replace(quick.pretrain, steps=3, warmup=1, batch=4), extend_steps=2, extend_tokens=256,
-                     multiples=(1, 2), curve_every=2, rows=("none", "ft-pi", "cream-yarn"),
+                     multiples=(1, 2), curve_every=2, rows=("none", "ft-pi", "cream-yarn", "pose-added"),
                      tasks={"lab-passkey": {"trials": 2}, "lab-kv": {"trials": 1, "pairs": 3}, "ppl": {"windows": 1, "tail": 8, "source": str(text)}})
     monkeypatch.setitem(lab.BUDGETS, "quick", budget)
     shape = lab.Shape(native=32, hidden=32, layers=1, heads=2, intermediate=64)
     results = lab.lab(tmp_path / "out", quick=True, progress=False, shape=shape)
-    assert [r["label"] for r in results["runs"]] == ["none", "ft-pi", "cream-yarn"]
+    assert [r["label"] for r in results["runs"]] == ["none", "ft-pi", "cream-yarn", "pose-added"]
+    assert seen == [None, None, None, "added"]  # pre-training, ft-pi, cream-yarn, then the added row with its option
+    assert "| pose-added | trained at the native window |" in (tmp_path / "out" / "lab.md").read_text()
     assert results["runs"][1]["record"]["method"] == "linear" and results["runs"][2]["record"]["target_length"] == 4 * 32
     row = json.loads((tmp_path / "out" / "seed-0" / "runs" / "cream-yarn" / "lab_row.json").read_text())
     assert row["strategy"] == "cream" and row["schedule"]["batch"] == 256 // 32 and row["steps"] == 2

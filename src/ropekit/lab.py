@@ -36,11 +36,14 @@ filler). What never matches between training and evaluation:
 
 The perplexity task is the suite's ``ppl`` (last 64 tokens of windows of *Paradise Lost*).
 
-**Adding a row**: append one :class:`Row` to :data:`ROWS`; the budget, caching, evaluation, report and claim
-tables pick it up. A new position strategy is ``strategy=…`` (e.g. LongRecipe:
-``Row("longrecipe-abf", "abf", "native", strategy="longrecipe", dataset={"sentence_ends": SENTENCE_END_IDS})``); a
-training-time attention is ``trainer=…``, passed to :class:`~ropekit.training.RopekitTrainer` (e.g. LongLoRA's
-S²-Attn: ``Row("longlora-pi", "linear", "target", trainer={"s2": {...}})``).
+**Adding a row** is one line in :data:`ROWS` (label, method, arm, strategy, options); the budget, caching,
+evaluation, report, ``--list`` and claim tables pick it up. Options reach the pieces they belong to: ``params`` →
+:func:`ropekit.extend`, ``strategy_params`` → the position strategy, ``dataset`` → :class:`~ropekit.training.TrainingSet`,
+``trainer`` → :class:`~ropekit.training.RopekitTrainer`. For example, LongRecipe's sentence-gapped positions and
+LongLoRA's shifted sparse attention (``ropekit train --attention s2``) are::
+
+    Row("longrecipe-abf", "abf", "native", strategy="longrecipe", dataset={"sentence_ends": SENTENCE_END_IDS}),
+    Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}}),
 """
 
 from __future__ import annotations
@@ -482,7 +485,7 @@ class LearningCurve(TrainerCallback):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The rows: every method under one budget. Add a row with one line here.
+# The rows: every method under one budget, one line per row (label, method, arm, strategy, options).
 
 
 @dataclass(frozen=True)
