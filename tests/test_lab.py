@@ -220,3 +220,26 @@ def test_quick_lab_pretrains_a_retriever_that_extension_rescues(tmp_path, monkey
     assert passkey["none"]["512"]["far"] <= 10, summary  # unextended, it is lost beyond its window
     assert passkey["none"]["512"]["score"] <= 50, summary
     assert max(cells["512"]["score"] for label, cells in passkey.items() if label != "none") >= 80, summary  # extension works
+
+
+def test_learning_curve_and_cost_survive_a_resume(tmp_path):
+    """A pre-training interrupted after a checkpoint reports its whole learning curve and the cost up to that
+    checkpoint plus the resumed run's; a fresh run (step 0) or a mismatched step starts from nothing."""
+    from types import SimpleNamespace
+
+    path = tmp_path / "progress.json"
+    first = lab.LearningCurve(None, 128, every=500, path=path)
+    first.rows = [{"step": 500, "cpu_seconds": 40.0, "passkey": 90.0, "kv": 50.0}]
+    first.before = {"seconds": 100.0, "cpu_seconds": 60.0}  # as if already resumed once
+    first.on_save(None, SimpleNamespace(global_step=500), None)
+    saved = json.loads(path.read_text())
+    assert saved["step"] == 500 and saved["rows"] == first.rows and saved["cost"]["cpu_seconds"] >= 60.0
+
+    resumed = lab.LearningCurve(None, 128, every=500, path=path)
+    resumed.on_train_begin(None, SimpleNamespace(global_step=500), None)
+    assert resumed.rows == first.rows and resumed.before == saved["cost"]
+    assert resumed.spent()["seconds"] >= saved["cost"]["seconds"]
+    for step in (0, 1000):  # a fresh run, or a checkpoint the file does not describe
+        other = lab.LearningCurve(None, 128, every=500, path=path)
+        other.on_train_begin(None, SimpleNamespace(global_step=step), None)
+        assert other.rows == [] and other.before == {"seconds": 0.0, "cpu_seconds": 0.0}

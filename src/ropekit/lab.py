@@ -465,12 +465,32 @@ def train_lab(model, tokenizer, schedule: Schedule, output: Path, seed: int, str
 
 class LearningCurve(TrainerCallback):
     """In-window pass-key and key–value accuracy every ``every`` steps (evaluation split, a fixed small set), with
-    the process CPU time, so every pre-training records how fast retrieval appears."""
+    the process CPU time, so every pre-training records how fast retrieval appears.
 
-    def __init__(self, tokenizer, native: int, every: int, trials: int = 100, pairs: int = 9):
-        self.tokenizer, self.native, self.every, self.trials, self.pairs = tokenizer, native, every, trials, pairs
+    With a ``path``, every checkpoint save also writes the curve so far and the wall/CPU seconds spent so far; a run
+    resumed from that checkpoint starts from them, so an interrupted pre-training reports its whole curve and the
+    cost of the model (the work after the last checkpoint, redone on resume, is counted once)."""
+
+    def __init__(self, tokenizer, native: int, every: int, trials: int = 100, pairs: int = 9, path: Path | None = None):
+        self.tokenizer, self.native, self.every, self.trials, self.pairs, self.path = tokenizer, native, every, trials, pairs, path
         self.rows: list[dict] = []
-        self.cpu0 = time.process_time()
+        self.before = {"seconds": 0.0, "cpu_seconds": 0.0}
+        self.started, self.cpu0 = time.time(), time.process_time()
+
+    def spent(self) -> dict:
+        """Wall and CPU seconds of this pre-training, the saved part of interrupted runs included."""
+        return {"seconds": round(self.before["seconds"] + time.time() - self.started, 1),
+                "cpu_seconds": round(self.before["cpu_seconds"] + time.process_time() - self.cpu0, 1)}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step and self.path is not None and self.path.is_file():  # resumed: the state is the checkpoint's
+            saved = json.loads(self.path.read_text())
+            if saved["step"] == state.global_step:
+                self.rows, self.before = saved["rows"], saved["cost"]
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.path is not None:
+            self.path.write_text(json.dumps({"step": state.global_step, "rows": self.rows, "cost": self.spent()}))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every and state.global_step != state.max_steps:
@@ -480,7 +500,7 @@ class LearningCurve(TrainerCallback):
         kv = run_lab_kv(model, self.tokenizer, [self.native], seed=1, progress=False, pairs=self.pairs,
                         trials=max(1, self.trials // self.pairs))[self.native]
         model.train()
-        self.rows.append({"step": state.global_step, "cpu_seconds": round(time.process_time() - self.cpu0, 1),
+        self.rows.append({"step": state.global_step, "cpu_seconds": self.spent()["cpu_seconds"],
                           "passkey": passkey["score"], "passkey_by_digits": passkey["by_digits"], "kv": kv["score"]})
 
 
@@ -606,14 +626,14 @@ def pretrain(budget: Budget, shape: Shape = Shape(), seed: int = 0, progress: bo
     if (out / "lab_pretrain.json").is_file():
         return out
     _say(progress, f"lab: pre-training seed {seed} ({budget.pretrain.steps} steps) into {out}")
-    started, cpu = time.time(), time.process_time()
     tokenizer = lab_tokenizer()
     model = lab_model(shape, seed)
-    curve = LearningCurve(tokenizer, shape.native, budget.curve_every, pairs=budget.tasks.get("lab-kv", {}).get("pairs", 9))
+    curve = LearningCurve(tokenizer, shape.native, budget.curve_every, pairs=budget.tasks.get("lab-kv", {}).get("pairs", 9),
+                          path=out / "lab_pretrain_progress.json")
     summary = train_lab(model, tokenizer, replace(budget.pretrain, length=shape.native), out, seed,
                         callbacks=[curve], save_steps=500, progress=progress)
     summary.update({"shape": asdict(shape), "parameters": sum(p.numel() for p in model.parameters()), "seed": seed,
-                    "learning_curve": curve.rows, "threads": torch.get_num_threads(), "cost": _cost(started, cpu)})
+                    "learning_curve": curve.rows, "threads": torch.get_num_threads(), "cost": curve.spent()})
     (out / "lab_pretrain.json").write_text(json.dumps(summary, indent=1))
     return out
 
