@@ -243,3 +243,19 @@ def test_learning_curve_and_cost_survive_a_resume(tmp_path):
         other = lab.LearningCurve(None, 128, every=500, path=path)
         other.on_train_begin(None, SimpleNamespace(global_step=step), None)
         assert other.rows == [] and other.before == {"seconds": 0.0, "cpu_seconds": 0.0}
+
+
+def test_cli_lists_rows_and_refuses_bad_input_in_one_line(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from ropekit.cli import app
+
+    monkeypatch.setattr(lab, "ROWS", (*lab.ROWS, lab.Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}})))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["lab", "--list"])
+    assert listed.exit_code == 0 and len(listed.output.splitlines()) == len(lab.ROWS)
+    assert "longlora-pi" in listed.output and "cream-yarn" in listed.output
+    for args, message in ((["--seeds", "0,x"], "is not a list of integers"), (["--rows", "none,nope"], "no row 'nope'")):
+        result = runner.invoke(app, ["lab", "--output", str(tmp_path / "out"), *args])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "out").exists()  # refused before anything was written or trained
