@@ -355,6 +355,37 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
     console.print(f"summary: {Path(output) / 'study.md'}; report: {Path(output) / 'report.html'}", highlight=False)
 
 
+@app.command()
+@friendly
+def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help="directory; re-running resumes"),
+        quick: bool = typer.Option(False, "--quick", help="≈5 minutes: shorter pre-training, 5 rows, lengths 1×–4×"),
+        seeds: str = typer.Option("0", help="pre-training seeds, e.g. 0,1,2 (each is a full lab; tables show the spread)"),
+        rows: Optional[str] = typer.Option(None, help="comma-separated row labels (default: the budget's rows)"),
+        device: str = typer.Option("auto"),
+        list_rows: bool = typer.Option(False, "--list", help="print the rows and exit")):
+    """Train a small RoPE model from scratch (cached), extend it 4× with every method under one budget, and check
+    each method's claim with pass key, key-value retrieval and perplexity at 1×-16× its window (docs/lab.md).
+    About 30 minutes on 2 CPU cores; --quick about 5."""
+    from .lab import ARMS, get_rows
+    from .lab import lab as run_lab
+
+    if list_rows:
+        for row in get_rows():
+            console.print(f"  {row.label:<12} {row.method:<12} {ARMS[row.arm]:<29} {row.strategy}", highlight=False)
+        return
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise RopekitError(f"--seeds {seeds!r} is not a list of integers", "write e.g. --seeds 0,1,2") from None
+    results = run_lab(output, quick=quick, seeds=seed_list, rows=[r.strip() for r in (rows or "").split(",") if r.strip()] or None,
+                      device=device)
+    _print_results(results)
+    from collections import Counter
+
+    verdicts = ", ".join(f"{count} {verdict}" for verdict, count in Counter(c["verdict"] for c in results["claims"]).items())
+    console.print(f"claims: {verdicts}; tables and evidence: {Path(output) / 'lab.md'}", highlight=False)
+
+
 def main():  # pragma: no cover - console entry point
     app()
 
