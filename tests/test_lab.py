@@ -208,7 +208,7 @@ def test_lab_tasks_refuse_other_tokenizers():
         lab.run_lab_kv(tiny_model(), tiny_tokenizer(), [64], progress=False)
 
 
-@pytest.mark.slow
+@pytest.mark.lab
 def test_quick_lab_pretrains_a_retriever_that_extension_rescues(tmp_path, monkeypatch):
     """``ropekit lab --quick`` from an empty cache: the model must retrieve in its window, collapse at 4× without
     extension, and at least one method that never saw a 4×-long sequence must retrieve ≥ 80% at 4×."""
