@@ -94,7 +94,7 @@ def timing_model(args):
     elif args.random_weights:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ropekit.embedded import default_model_dir
+        from ropekit.models import default_model_dir
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or default_model_dir())
         torch.manual_seed(0)

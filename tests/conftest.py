@@ -11,6 +11,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _short_machine_probe(monkeypatch):
+    """Every evaluation records a ~1 s matmul probe of the machine; tests measure for 20 ms instead."""
+    import ropekit.machine
+
+    monkeypatch.setattr(ropekit.machine, "PROBE_SECONDS", 0.02)
+
+
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):
     """An empty ropekit cache (for tests that must not touch the user's)."""

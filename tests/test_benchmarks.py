@@ -152,3 +152,16 @@ def test_scale_off_is_exactly_abf():
         on = eabf(ids).logits
         assert torch.equal(off, abf(ids).logits)
     assert not torch.allclose(on, off)  # the scale acts beyond the native 64 tokens
+
+
+@pytest.mark.slow
+def test_main_job_smoke(tmp_path):
+    """benchmarks/main_job.py end to end on the tiny model: the job against its plain forwards, every (method, length)."""
+    path = tmp_path / "main_job.json"
+    subprocess.run([sys.executable, str(BENCHMARKS / "main_job.py"), "--smoke", "--json", str(path)], check=True,
+                   capture_output=True, timeout=600)
+    data = json.loads(path.read_text())
+    assert data["job_seconds"] > 0 and data["baseline_seconds"] > 0
+    assert data["ratio"] == pytest.approx(data["job_seconds"] / data["baseline_seconds"])
+    assert {(r["method"], r["length"]) for r in data["rows"]} == {(m, n) for m in ("none", "yarn", "eabf") for n in (600, 900)}
+    assert data["machine"]["fp32_gflops"] > 0

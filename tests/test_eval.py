@@ -9,7 +9,7 @@ import torch
 
 import ropekit
 from ropekit.eval.passkey import make_passkey_sample, passkey_samples, run_passkey
-from ropekit.eval.corpus import text_tokens
+from ropekit.corpus import text_tokens
 from ropekit.eval.perplexity import run_perplexity, tail_nll
 from ropekit.eval.scoring import score_answers
 from ropekit.testing import NATIVE, random_ids, save_tiny_checkpoint, tiny_model, tiny_tokenizer

@@ -8,7 +8,7 @@ import torch
 
 import ropekit
 from ropekit.eval import TASKS
-from ropekit.eval.entropy import document_entropy, probe_rows, row_entropy
+from ropekit.entropy import document_entropy, probe_rows, row_entropy
 from ropekit.eval.niah import niah_cells, run_niah
 from ropekit.eval.retrieval import kv_sample, lines_sample, run_kv, run_lines
 from ropekit.eval.runner import RunSpec, evaluate
@@ -61,21 +61,42 @@ def test_niah_shared_prefix_equals_separate_forwards(hay, method):
 
 
 def test_lines_and_kv_samples_fit_and_hold_the_answer():
+    import json
     import random
 
     tok = tiny_tokenizer()
+    positions = [0.0, 0.5, 1.0]
     for make in (lines_sample, kv_sample):
-        for position in (0.0, 0.5, 1.0):
-            sample = make(tok, 1200, position, random.Random(3))
-            assert len(sample["context"]) + len(sample["answer"]) <= 1200
-            assert len(sample["context"]) + len(sample["answer"]) > 1000  # filled, not sparse
-            text = tok.decode(sample["context"])
-            assert sample["value"] in text and tok.decode(sample["answer"]) == sample["value"]
-            assert sample == make(tok, 1200, position, random.Random(3))
-    first = kv_sample(tok, 1200, 0.0, random.Random(5))
-    last = kv_sample(tok, 1200, 1.0, random.Random(5))
-    text = tok.decode(first["context"])
-    assert text.index(first["gold"]) < text.index(last["gold"])  # the gold pair moves through the object
+        sample = make(tok, 1200, positions, random.Random(3))
+        assert sample == make(tok, 1200, positions, random.Random(3))  # deterministic
+        text = tok.decode(sample["context"])
+        for q in sample["questions"]:
+            total = len(sample["context"]) + len(q["question"]) + len(q["answer"])
+            assert 1100 < total <= 1200  # the length is filled with records, never exceeded
+            assert tok.decode(q["answer"]) == q["value"]
+            # the prompt ends by starting the asked record in its own form; the record is in the context once
+            asked = tok.decode(q["question"])
+            if make is lines_sample:
+                assert asked.endswith(f"line {q['gold']}: <") and text.count(f"line {q['gold']}: <{q['value']}>") == 1
+            else:
+                assert asked.endswith(f' "{q["gold"]}": "') and text.count(f'"{q["gold"]}": "{q["value"]}"') == 1
+            assert text.count(f"{q['gold']}:") + text.count(f'{q["gold"]}":') == 1  # the key names one record only
+        golds = [q["gold"] for q in sample["questions"]]
+        at = [text.index(g) for g in golds]
+        assert at == sorted(at) and len(set(golds)) == 3  # first, middle and last record
+    kv = kv_sample(tok, 1200, positions, random.Random(5))
+    obj = tok.decode(kv["context"]).split("JSON data:\n", 1)[1]
+    data = json.loads(obj)  # valid JSON
+    assert len(data) == kv["records"] and all(data[q["gold"]] == q["value"] for q in kv["questions"])
+
+
+def test_keys_are_single_tokens_where_the_tokenizer_allows():
+    from ropekit.eval.retrieval import key_words
+
+    tok = tiny_tokenizer()  # one token per byte: no word is one token, so the shortest words come first
+    pool = key_words(tok, " ")
+    sizes = [len(tok(" " + w).input_ids) - 1 for w in pool[:200]]
+    assert sizes == sorted(sizes) and len(set(pool)) == len(pool)
 
 
 def test_record_count_search_with_a_guess_finds_the_same_count():
@@ -104,11 +125,22 @@ def test_record_count_search_with_a_guess_finds_the_same_count():
 
 
 @pytest.mark.parametrize("run", [run_lines, run_kv])
-def test_lines_and_kv_metrics(run):
+def test_lines_and_kv_metrics(run, monkeypatch):
+    import ropekit.eval.retrieval as retrieval
+    from ropekit.eval.scoring import Scored
+
     tok = tiny_tokenizer()
-    perfect = run(OracleModel(True), tok, [900], positions=[0, 1], trials=2, progress=False)
-    assert perfect[900]["score"] == 100.0 and perfect[900]["positions"] == {"0": 100.0, "1": 100.0}
-    assert run(OracleModel(False), tok, [900], positions=[0, 1], trials=2, progress=False)[900]["score"] == 0.0
+    asked = []
+
+    def fake_scoring(model, prefix, continuations):  # right about the first position only
+        asked.append(len(continuations))
+        return [Scored(i == 0, 0.0, answer) for i, (_, answer) in enumerate(continuations)]
+
+    monkeypatch.setattr(retrieval, "score_after_prefix", fake_scoring)
+    result = run(None, tok, [900], positions=[0, 0.5, 1], trials=2, progress=False)[900]
+    assert asked == [3, 3]  # one shared record list per trial, asked at every position
+    assert result["score"] == pytest.approx(100 / 3) and result["positions"] == {"0.0": 100.0, "0.5": 0.0, "1.0": 0.0}
+    assert result["n"] == 6 and all(r["predicted"] == r["value"] for r in result["samples"] if r["correct"])
 
 
 def test_entropy_of_known_distributions():

@@ -3,6 +3,7 @@
 import math
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ def draws(strategy, n, target, count=DRAWS, **params):
     return [position_ids(strategy, n, target, generator, **params) for _ in range(count)]
 
 
-@pytest.mark.parametrize("strategy,params", [("contiguous", {}), ("cream", {}), ("cream", {"code_exact": True}),
+@pytest.mark.parametrize("strategy,params", [("contiguous", {}), ("cream", {}), ("cream", {"scale_sampler": "truncated_normal"}),
                                              ("cream", {"mode": "continuity"}), ("pose", {}), ("randpos", {})])
 def test_invariants_over_many_draws(strategy, params):
     n, target = 256, 2048
@@ -34,7 +35,7 @@ def test_invariants_over_many_draws(strategy, params):
 def test_cream_scale_matches_the_reference_code_simulation():
     """Spec §1 [S] (s = 8, σ = 3, code sampler): P(r=2) ≈ 2.4%, P(r=16) ≈ 1%, E[r] ≈ 8.5."""
     generator = torch.Generator().manual_seed(0)
-    r = [cream_scale(8.0, 3.0, generator, code_exact=True) for _ in range(DRAWS)]
+    r = [cream_scale(8.0, 3.0, generator) for _ in range(DRAWS)]  # the default sampler is the reference code's
     # Tolerances: 4 binomial / normal standard errors at 10⁴ draws, plus the spec's rounding.
     assert abs(sum(x == 2 for x in r) / DRAWS - 0.024) < 4 * math.sqrt(0.024 * 0.976 / DRAWS) + 0.0005
     assert abs(sum(x == 16 for x in r) / DRAWS - 0.010) < 4 * math.sqrt(0.01 * 0.99 / DRAWS) + 0.0005
@@ -46,7 +47,7 @@ def test_clean_scale_is_a_truncated_normal():
     """Kolmogorov–Smirnov against the analytic truncated normal on [2, 2s], μ = 1+s, σ = 3 (α = 0.1%)."""
     s, sigma = 8.0, 3.0
     generator = torch.Generator().manual_seed(0)
-    r = torch.tensor(sorted(cream_scale(s, sigma, generator, code_exact=False) for _ in range(DRAWS)), dtype=torch.float64)
+    r = torch.tensor(sorted(cream_scale(s, sigma, generator, "truncated_normal") for _ in range(DRAWS)), dtype=torch.float64)
     normal = torch.distributions.Normal(torch.tensor(1 + s, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64))
     lo, hi = normal.cdf(torch.tensor(2.0, dtype=torch.float64)), normal.cdf(torch.tensor(2 * s, dtype=torch.float64))
     cdf = (normal.cdf(r) - lo) / (hi - lo)
@@ -62,11 +63,65 @@ def test_middle_block_position_matches_the_spec(mode, mean, sd):
     generator = torch.Generator().manual_seed(5)
     centres = []
     for _ in range(DRAWS):
-        h, t, e = cream_blocks(n, target, generator, mode=mode, code_exact=True)
+        h, t, e = cream_blocks(n, target, generator, mode=mode)
         centres.append((e - (n - h - t) / 2) / target)
     # Stated tolerance: the spec rounds to 0.01; sampling error of the mean at 10⁴ draws is < 0.002.
     assert abs(statistics.mean(centres) - mean) < 0.01 + 4 * sd / math.sqrt(DRAWS)
     assert abs(statistics.pstdev(centres) - sd) < 0.01
+
+
+def reference_end_ids(mode: str, n: int, target: int, count: int, sigma: float = 3.0, seed: int = 0) -> np.ndarray:
+    """The middle block's end id, drawn exactly as bigai-nlco/CREAM ``src/train.py`` (``CREAM``) draws it: numpy's
+    interpolated inverse CDF of the untruncated normal on linspace(2, 2s, 1000), ``astype(int)``, then
+    ``random.randint(int(h + (m-1)·r/2), r/2·N - t - 1)``."""
+    rng = np.random.default_rng(seed)
+    s = target // n
+    h = t = n // 3 if mode == "relativity" else 4 * s
+    m = n - h - t
+    x = np.linspace(2, 2 * s, 1000)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)((x - (1 + s)) / (sigma * math.sqrt(2))))
+    r = np.interp(rng.random(count), cdf, x).astype(int)
+    low = (h + (m - 1) * (r / 2)).astype(int)
+    high = (r / 2 * n).astype(int) - t - 1
+    return rng.integers(low, high + 1)
+
+
+def ks_distance(a, b) -> float:
+    """Two-sample Kolmogorov–Smirnov distance: the largest gap between the two empirical CDFs."""
+    a, b = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    grid = np.concatenate([a, b])
+    return float(np.abs(np.searchsorted(a, grid, side="right") / a.size - np.searchsorted(b, grid, side="right") / b.size).max())
+
+
+@pytest.mark.parametrize("mode", ["continuity", "relativity"])
+def test_default_cream_matches_the_reference_formula(mode):
+    """The default sampler gives the reference code's distribution of the middle block's end id (20,000 draws each,
+    KS distance below the two-sample critical value at α = 0.1%); the continuous truncated normal does not."""
+    n, target, count = 4096, 32768, 20_000
+    reference = reference_end_ids(mode, n, target, count)
+    generator = torch.Generator().manual_seed(11)
+    ours = [cream_blocks(n, target, generator, mode=mode)[2] for _ in range(count)]
+    continuous = [cream_blocks(n, target, generator, mode=mode, scale_sampler="truncated_normal")[2] for _ in range(count)]
+    critical = 1.95 * math.sqrt(2 / count)  # c(α = 0.001) · √((n1 + n2) / (n1 · n2))
+    assert ks_distance(ours, reference) < critical
+    assert ks_distance(continuous, reference) > 2 * critical  # the paper-clean option is a different distribution
+
+
+def test_middle_block_never_takes_tail_tokens_unless_asked():
+    """A document a little shorter than the target: the middle block's end id e may fall in the document's last t
+    tokens. By default the middle block then takes the tokens before the tail (no token twice); tail_overlap=True
+    reproduces the reference code's duplicates (it only checks e < len(doc))."""
+    n, target = 64, 512
+    doc = torch.arange(target - 10)  # token value == its offset
+    seen_overlap = False
+    for seed in range(400):
+        clean, ids = sample("cream", doc, n, target, torch.Generator().manual_seed(seed), mode="relativity")
+        bugged, _ = sample("cream", doc, n, target, torch.Generator().manual_seed(seed), mode="relativity", tail_overlap=True)
+        assert clean.unique().numel() == n
+        seen_overlap |= bugged.unique().numel() < n
+    assert seen_overlap
+    with pytest.raises(ropekit.RopekitError, match="tail_overlap"):
+        sample("cream", doc, n, target, torch.Generator(), tail_overlap="maybe")
 
 
 def covered_distances(ids: torch.Tensor, target: int) -> torch.Tensor:
@@ -139,6 +194,7 @@ def test_positions_are_reproducible_and_fresh_every_epoch():
     (lambda: position_ids("cream", 256, 128), "shorter than the training length"),
     (lambda: position_ids("cream", 256, 2048, width=3), "unknown parameter 'width'"),
     (lambda: position_ids("cream", 256, 2048, mode="diagonal"), "cream mode"),
+    (lambda: position_ids("cream", 256, 2048, scale_sampler="gamma"), "scale_sampler"),
     (lambda: sample("pose", torch.arange(100), 256, 2048, torch.Generator()), "at least 256 tokens"),
 ])
 def test_bad_strategy_inputs(call, expected):

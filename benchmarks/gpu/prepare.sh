@@ -28,7 +28,7 @@ else
   mkdir -p "$CARRY/stage-1" "$CARRY/stage-2" "$CARRY/smollm2-tokenizer"
   gguf=$("$PY" -c "from ropekit.embedded import smollm2_gguf; print(smollm2_gguf())")
   corpus=$("$PY" -c "from ropekit.embedded import corpus_dir; print(corpus_dir())")
-  model=$("$PY" -c "from ropekit.embedded import default_model_dir; print(default_model_dir())")
+  model=$("$PY" -c "from ropekit.models import default_model_dir; print(default_model_dir())")
   cp "$model"/tokenizer.json "$model"/tokenizer_config.json "$model"/config.json "$CARRY/smollm2-tokenizer/"
   [ -f "$model/chat_template.jinja" ] && cp "$model/chat_template.jinja" "$CARRY/smollm2-tokenizer/"
   expected=$("$PY" -c "from ropekit.embedded import SMOLLM2_SHA256; print(SMOLLM2_SHA256)")

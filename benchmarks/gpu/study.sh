@@ -16,7 +16,7 @@ if [ "$SMOKE" = 1 ] || [ ! -f "$ROPEKIT_CACHE/models/smollm2-135m-instruct/model
     "$PY" benchmarks/gpu/stage.py join "$gguf" "$(cut -d' ' -f1 "$STAGE_DIR/gguf.sha256")" "$STAGE_DIR"
   fi
   if [ "$SMOKE" = 0 ]; then
-    ROPEKIT_SMOLLM2_GGUF=$gguf "$PY" -c "from ropekit.embedded import default_model_dir; print('model:', default_model_dir())"
+    ROPEKIT_SMOLLM2_GGUF=$gguf "$PY" -c "from ropekit.models import default_model_dir; print('model:', default_model_dir())"
   fi
 fi
 limit=$(( 570 - SECONDS ))

@@ -109,7 +109,7 @@ def extend(model: str = typer.Argument(..., help="directory, .gguf file, hub id,
     if out.exists() and any(out.iterdir()) and not overwrite:  # fail before the (slow) load
         raise RopekitError(f"output directory {out} exists and is not empty", "choose a new directory or pass --overwrite")
     loaded, tokenizer = load_model(model, device="cpu", dtype=dtype)
-    extend_model(loaded, method, target_length=target_length, allow_untested=allow_untested, **params)
+    extend_model(loaded, method, target_length=target_length, allow_untested=allow_untested, tokenizer=tokenizer, **params)
     save_model(loaded, tokenizer, out, overwrite=overwrite)
     record = loaded.config.ropekit
     console.print(f"[green]saved[/] {out}  method={record['method']}  native={record['native_length']}  "
@@ -153,7 +153,7 @@ def lm_eval(ctx: typer.Context):
 
 
 def _print_results(results: dict) -> None:
-    from .compare import summary_rows
+    from .compare import summary_rows, timing_lines
 
     header, rows = summary_rows(results)
     table = Table(title=f"{results['kind']}: score per task and length (passkey/niah/lines/kv/ruler/longbench: %, ppl: perplexity)")
@@ -162,20 +162,35 @@ def _print_results(results: dict) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    console.print(f"results: {results['path']}  ({results['seconds']:.0f} s, {results['environment']['device']}); "
-                  f"render with `ropekit report {Path(results['path']).parent}`", highlight=False)
+    for line in timing_lines(results):
+        console.print(line, highlight=False)
+    console.print(f"results: {results['path']}; render with `ropekit report {Path(results['path']).parent}`", highlight=False)
 
 
-def _tasks(tasks: str, options: list[str] | None) -> dict:
+def _tasks(tasks: str, options: list[str] | None, trials: int | None = None, windows: int | None = None) -> dict:
+    """Task options from --tasks and --task-option; --trials and --windows fill in every task that has such a count
+    (an explicit --task-option wins)."""
     from .eval.runner import parse_task_options
+    from .eval.tasks import get_task
 
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise RopekitError("no task given", "pass e.g. --tasks passkey,ppl")
-    return parse_task_options(options, names)
+    chosen = parse_task_options(options, names)
+    for name, task_options in chosen.items():
+        defaults = get_task(name).options
+        for count, keys in ((trials, TRIAL_OPTIONS), (windows, WINDOW_OPTIONS)):
+            for key in keys:
+                if count is not None and key in defaults:
+                    task_options.setdefault(key, count)
+    return chosen
 
 
-TASKS_HELP = "comma-separated: ppl, passkey, niah, lines, kv, ruler, longbench, entropy"
+TASKS_HELP = "comma-separated: passkey_ppl, ppl, passkey, niah, lines, kv, ruler, longbench, entropy"
+TRIAL_OPTIONS = ("trials", "samples")  # --trials: samples per length (passkey_ppl, passkey, niah, lines, kv; ruler's samples)
+WINDOW_OPTIONS = ("windows", "documents")  # --windows: text windows per length (ppl; entropy's documents)
+TRIALS_HELP = "samples per length for every task that draws them (passkey_ppl, passkey, niah, lines, kv, ruler)"
+WINDOWS_HELP = "natural-text windows per length (ppl, entropy); passkey_ppl's trials are its windows"
 
 
 @app.command()
@@ -185,10 +200,10 @@ def compare(model: str = typer.Option(DEFAULT_MODEL, "--model", help="base model
             checkpoints: Optional[str] = typer.Option(None, help="comma-separated checkpoint directories evaluated as they are"),
             target_length: str = typer.Option("32k", "--target-length", "-t", help="target window for every method"),
             lengths: str = typer.Option("4k,12k", help="evaluation lengths; the CPU default stays ≤ 12K tokens"),
-            tasks: str = typer.Option("passkey,ppl", help=TASKS_HELP),
+            tasks: str = typer.Option("passkey_ppl", help=TASKS_HELP),
             task_option: Optional[List[str]] = typer.Option(None, "--task-option", help="task.option=JSON, e.g. passkey.trials=20 (repeatable)"),
-            trials: int = typer.Option(1, min=1, help="passkey trials per length (shortcut for --task-option passkey.trials=N)"),
-            windows: int = typer.Option(1, min=1, help="perplexity windows per length (shortcut for ppl.windows=N)"),
+            trials: int = typer.Option(1, min=1, help=TRIALS_HELP),
+            windows: int = typer.Option(1, min=1, help=WINDOWS_HELP),
             param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="method parameter, e.g. yarn.factor=8 (repeatable)"),
             seed: int = typer.Option(0, help="seed for every generated sample"),
             output: Optional[Path] = typer.Option(None, "--output", "-o", help="results directory (default ./ropekit-results/compare-<time>); re-running resumes"),
@@ -203,9 +218,7 @@ def compare(model: str = typer.Option(DEFAULT_MODEL, "--model", help="base model
     from .compare import compare as run_compare
     from .lengths import parse_lengths
 
-    task_options = _tasks(tasks, task_option)
-    task_options.get("passkey", {}).setdefault("trials", trials)
-    task_options.get("ppl", {}).setdefault("windows", windows)
+    task_options = _tasks(tasks, task_option, trials, windows)
     out = output or Path("ropekit-results") / datetime.now().strftime("compare-%Y%m%d-%H%M%S")
     results = run_compare(model=model, methods=[m for m in methods.split(",") if m.strip()], target_length=target_length,
                           lengths=parse_lengths(lengths), tasks=task_options, seed=seed, params=parse_params(param),
@@ -219,6 +232,8 @@ def evaluate(model: str = typer.Argument(..., help="checkpoint directory (e.g. f
              tasks: str = typer.Option("passkey,niah,ppl", help=TASKS_HELP),
              lengths: str = typer.Option("4k,8k", help="evaluation lengths, e.g. 4k,8k,16k,32k"),
              task_option: Optional[List[str]] = typer.Option(None, "--task-option", help="task.option=JSON, e.g. niah.trials=2 (repeatable)"),
+             trials: Optional[int] = typer.Option(None, min=1, help=TRIALS_HELP + " (default: each task's own)"),
+             windows: Optional[int] = typer.Option(None, min=1, help=WINDOWS_HELP + " (default: each task's own)"),
              method: Optional[str] = typer.Option(None, "--method", "-m", help="apply a method first (training-free evaluation)"),
              target_length: Optional[str] = typer.Option(None, "--target-length", "-t", help="target window for --method"),
              param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="method parameter key=value (repeatable)"),
@@ -233,7 +248,7 @@ def evaluate(model: str = typer.Argument(..., help="checkpoint directory (e.g. f
 
     out = output or Path("ropekit-results") / datetime.now().strftime("eval-%Y%m%d-%H%M%S")
     spec = RunSpec(model, method, parse_params(param), target_length)
-    results = run_evaluate([spec], _tasks(tasks, task_option), parse_lengths(lengths), out, seed=seed, device=device, dtype=dtype)
+    results = run_evaluate([spec], _tasks(tasks, task_option, trials, windows), parse_lengths(lengths), out, seed=seed, device=device, dtype=dtype)
     _print_results(results)
 
 

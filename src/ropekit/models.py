@@ -4,12 +4,15 @@ embedded default model. Weights load through safetensors or GGUF only; nothing a
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
-from .embedded import DEFAULT_MODEL, default_model_dir
+from .embedded import DEFAULT_MODEL, cache_dir, locked, smollm2_gguf
 from .errors import RopekitError
 
 ALIASES = {DEFAULT_MODEL: "smollm2", "smollm2-135m-instruct": "smollm2", "default": "smollm2"}
@@ -94,6 +97,28 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
         except AttributeError:
             pass
     return model, tokenizer
+
+
+def default_model_dir() -> Path:
+    """A dense fp32 safetensors copy of the embedded SmolLM2-135M-Instruct, converted once from its GGUF and cached."""
+    final = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
+        return final
+    with locked("smollm2"):
+        if (final / "config.json").is_file() and (final / "model.safetensors").is_file():
+            return final
+        model, tokenizer = load_gguf(smollm2_gguf())
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=final.parent, prefix=".convert-"))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

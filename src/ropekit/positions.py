@@ -19,9 +19,14 @@ document ``doc`` ``[len(doc)]``, the ``input_ids`` ``[train_length]`` that go wi
 
 Choices where the CREAM spec leaves a question open (docs/training.md has the reasoning):
 
+* The scale r is drawn as the reference code draws it (``scale_sampler="reference"``, the default: inverse CDF of
+  the untruncated normal, linearly interpolated on a 1000-point grid over [2, 2s], clamped at the ends and floored),
+  since that sampler produced the paper's tables; ``scale_sampler="truncated_normal"`` is the paper's description
+  (a continuous truncated normal, not floored).
 * The mode coin is tossed **per sample** (the paper's description), not once per 3,000-row ``datasets.map`` batch
-  as the reference code does; ``code_exact=True`` reproduces the code's clamped, floored inverse-CDF sampler of r
-  instead of a true truncated normal, but positions are still drawn per sample and per epoch.
+  as the reference code does; positions are drawn per sample and per epoch.
+* The middle block never takes tokens of the tail: the reference code's ``e < len`` test lets the middle block run
+  into the tail tokens (duplicated tokens), a bug reproduced only with ``tail_overlap=True``.
 * ``sigma="auto"`` grows σ with the factor (σ = 3·max(1, s/8)), because a fixed σ = 3 leaves whole distance ranges
   unseen at s = 64 (spec §1); the default stays the paper's σ = 3.
 * Positions are drawn afresh every epoch from a generator seeded by (seed, epoch, example index): reproducible,
@@ -76,14 +81,33 @@ def sample_contiguous(doc, n: int, target: int, generator: torch.Generator):
 # ---------------------------------------------------------------------------------------------------------------- CREAM
 
 
-def cream_scale(s: float, sigma: float, generator: torch.Generator, code_exact: bool) -> float:
-    """The scale variable r ∈ [2, 2s] (μ = 1 + s). ``code_exact``: the reference code's sampler — inverse CDF of the
-    *untruncated* normal interpolated on a 1000-point grid, clamped (mass beyond the ends piles onto 2 and 2s) and
-    floored. Otherwise a true truncated normal, not floored."""
+SCALE_SAMPLERS = ("reference", "truncated_normal")
+
+
+def _flag(value, name: str) -> bool:
+    """A boolean parameter given as a Python bool or as CLI text (``--strategy-param tail_overlap=true``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise RopekitError(f"cream {name}={value!r} is not true or false", f"pass {name}=true or {name}=false")
+
+
+def cream_scale(s: float, sigma: float, generator: torch.Generator, sampler: str = "reference") -> float:
+    """The scale variable r ∈ [2, 2s], around μ = 1 + s.
+
+    ``reference`` (bigai-nlco/CREAM ``src/train.py``: ``np.interp(u, cdf, linspace(2, 2s, 1000)).astype(int)``): the
+    inverse CDF of the *untruncated* normal, interpolated on a 1000-point grid; ``u`` beyond the grid's CDF range
+    clamps to 2 or 2s (so those ends carry the tails' mass) and r is floored to an integer.
+    ``truncated_normal``: a continuous normal truncated to [2, 2s] (the paper's description), not floored.
+    """
     mu, low, high = 1.0 + s, 2.0, 2.0 * s
     normal = torch.distributions.Normal(torch.tensor(mu, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64))
     u = _uniform(generator)
-    if code_exact:
+    if sampler == "reference":
         grid = torch.linspace(low, high, 1000, dtype=torch.float64)
         cdf = normal.cdf(grid)
         if u <= cdf[0]:
@@ -93,13 +117,15 @@ def cream_scale(s: float, sigma: float, generator: torch.Generator, code_exact: 
         i = int(torch.searchsorted(cdf, torch.tensor(u, dtype=torch.float64)))
         x0, x1, c0, c1 = grid[i - 1], grid[i], cdf[i - 1], cdf[i]
         return float(math.floor(x0 + (x1 - x0) * (u - c0) / (c1 - c0)))
-    lo_cdf, hi_cdf = normal.cdf(torch.tensor(low, dtype=torch.float64)), normal.cdf(torch.tensor(high, dtype=torch.float64))
-    p = lo_cdf + u * (hi_cdf - lo_cdf)
-    return float(normal.icdf(p.clamp(1e-12, 1 - 1e-12)).clamp(low, high))
+    if sampler == "truncated_normal":
+        lo_cdf, hi_cdf = normal.cdf(torch.tensor(low, dtype=torch.float64)), normal.cdf(torch.tensor(high, dtype=torch.float64))
+        p = lo_cdf + u * (hi_cdf - lo_cdf)
+        return float(normal.icdf(p.clamp(1e-12, 1 - 1e-12)).clamp(low, high))
+    raise RopekitError(f"cream scale_sampler {sampler!r} is unknown", f"use one of: {', '.join(SCALE_SAMPLERS)}")
 
 
 def cream_blocks(n: int, target: int, generator: torch.Generator, mode: str = "mixed", k: int | None = None,
-                 sigma: float | str = 3.0, code_exact: bool = False) -> tuple[int, int, int]:
+                 sigma: float | str = 3.0, scale_sampler: str = "reference") -> tuple[int, int, int]:
     """(h, t, e): head size, tail size and the last id of the middle block."""
     s = target / n
     if mode == "mixed":
@@ -114,7 +140,7 @@ def cream_blocks(n: int, target: int, generator: torch.Generator, mode: str = "m
         raise RopekitError(f"cream head/tail size {h} does not fit a training length of {n}", f"pass k between 1 and {n // 2 - 1}")
     sigma_value = 3.0 * max(1.0, s / 8.0) if sigma == "auto" else float(sigma)
     m = n - h - t
-    r = cream_scale(s, sigma_value, generator, code_exact)
+    r = cream_scale(s, sigma_value, generator, scale_sampler)
     a = r / 2.0
     low = math.floor(h + (m - 1) * a)
     high = math.floor(a * n) - t - 1
@@ -123,10 +149,11 @@ def cream_blocks(n: int, target: int, generator: torch.Generator, mode: str = "m
 
 
 @_register("cream", "CREAM: head, truncated-Gaussian middle block, tail over [0, target)",
-           mode="mixed", k=None, sigma=3.0, code_exact=False)
+           mode="mixed", k=None, sigma=3.0, scale_sampler="reference", tail_overlap=False)
 def sample_cream(doc, n: int, target: int, generator: torch.Generator, mode: str = "mixed", k: int | None = None,
-                 sigma: float | str = 3.0, code_exact: bool = False):
-    h, t, e = cream_blocks(n, target, generator, mode, k, sigma, code_exact)
+                 sigma: float | str = 3.0, scale_sampler: str = "reference", tail_overlap: bool = False):
+    h, t, e = cream_blocks(n, target, generator, mode, None if k is None else int(k), sigma, scale_sampler)
+    tail_overlap = _flag(tail_overlap, "tail_overlap")
     m = n - h - t
     positions = torch.cat([torch.arange(h), torch.arange(e - m + 1, e + 1), torch.arange(target - t, target)])
     if doc is None:
@@ -135,9 +162,10 @@ def sample_cream(doc, n: int, target: int, generator: torch.Generator, mode: str
     if length < n:
         raise RopekitError(f"cream needs documents of at least {n} tokens, got {length}", "filter short documents or use contiguous")
     head, tail = doc[:h], doc[length - t:]
-    # Middle tokens at their true offsets when the document reaches them (and, unless code_exact, they do not run into
-    # the tail: the reference code's `e < len` check lets the middle and tail overlap), else the block before the tail.
-    fits = e < length if code_exact else e + 1 <= length - t
+    # Middle tokens at their true offsets when the document reaches them without running into the tail, else the
+    # block before the tail. The reference code tests only `e < len`, so its middle block can overlap the tail
+    # (duplicated tokens): reproduced with tail_overlap=True.
+    fits = e < length if tail_overlap else e + 1 <= length - t
     middle = doc[e - m + 1 : e + 1] if fits else doc[length - t - m : length - t]
     return torch.cat([head, middle, tail]), positions
 

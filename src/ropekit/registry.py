@@ -96,11 +96,14 @@ def _convert(kind: str, value: Any) -> Any:
     raise AssertionError(kind)
 
 
+LAYER_KEYWORDS = ("auto", "all", "none", "entropy")
+
+
 def parse_layers(value: Any) -> str | list[int]:
-    """``"auto"``, ``"all"``, ``"none"``, ``"2-29"``, ``"0,2,5-7"`` or a list of ints → keyword or sorted ints."""
+    """``"auto"``, ``"all"``, ``"none"``, ``"entropy"``, ``"2-29"``, ``"0,2,5-7"`` or a list of ints → keyword or sorted ints."""
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in ("auto", "all", "none"):
+        if text in LAYER_KEYWORDS:
             return text
         layers: set[int] = set()
         for part in text.split(","):
@@ -120,7 +123,7 @@ def parse_layers(value: Any) -> str | list[int]:
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
             raise ValueError("expected non-negative layer indices")
         return sorted(set(value))
-    raise ValueError("expected auto, all, none, or layer indices like 2-29")
+    raise ValueError("expected auto, all, none, entropy, or layer indices like 2-29")
 
 
 @dataclass
@@ -134,6 +137,8 @@ class Context:
     target_length: int | None  # the requested window (None when the method does not need one)
     num_layers: int
     sliding_layers: frozenset[int]  # layers that only ever see a local window
+    # layers=entropy: probe the unextended model on a text source → :func:`ropekit.entropy.choose_unscaled_layers`'s dict
+    probe: Callable[[str], dict] | None = None
 
     @property
     def theta(self) -> float:

@@ -15,8 +15,12 @@ from pathlib import Path
 
 from .errors import RopekitError
 from .eval.merge import find_result_sets, load_merged
-from .eval.runner import format_score, score_of
+from .eval.runner import columns_of, format_score, score_of
 from .lengths import format_length
+from .machine import describe_machine
+
+
+DPI = 110
 
 
 def load_results(directory: str | Path) -> dict:
@@ -45,53 +49,86 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = True) -> Path:
     plt = _plt()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
-def plot_scores_vs_length(results: dict, task: str, path: Path) -> Path:
+def plot_scores_vs_length(results: dict, task: str, path: Path, column: dict | None = None) -> Path:
+    """One line per run: a task column (default its score) against length, log-2 length axis, native windows dotted."""
     plt = _plt()
     lengths = results["lengths"]
-    meta = results["tasks"][task]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    column = column or columns_of(results["tasks"][task])[0]
+    name = column["label"] or task
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(lengths)), 4))
     for run in results["runs"]:
-        ys = [score_of(run, task, n) for n in lengths]
+        ys = [score_of(run, task, n, column["key"]) for n in lengths]
         ax.plot([n for n, y in zip(lengths, ys) if y is not None], [y for y in ys if y is not None], marker="o", label=run["label"])
     ax.set_xscale("log", base=2)
-    ax.set_xticks(lengths, [format_length(n) for n in lengths])
+    ax.set_xticks(lengths, [format_length(n) for n in lengths], rotation=45 if len(lengths) > 8 else 0)
+    ax.minorticks_off()
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel(meta["metric"])
-    if task == "ppl":
+    ax.set_ylabel(column["metric"])
+    if column["metric"] == "perplexity":
         ax.set_yscale("log")
     natives = {run.get("native_length") for run in results["runs"] if run.get("native_length")}
     for native in natives:
         ax.axvline(native, color="grey", linestyle=":", linewidth=1)
-    ax.set_title(f"{task}: {meta['metric']} vs length ({'higher' if meta['higher_is_better'] else 'lower'} is better)")
+    ax.set_title(f"{name}: {column['metric']} vs length ({'higher' if column['higher_is_better'] else 'lower'} is better)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_niah(results: dict, run: dict, path: Path) -> Path:
-    plt = _plt()
     lengths = [n for n in results["lengths"] if str(n) in run["results"].get("niah", {})]
     depths = list(run["results"]["niah"][str(lengths[0])]["depths"])
     grid = [[run["results"]["niah"][str(n)]["depths"][d] for n in lengths] for d in depths]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(lengths), 0.6 + 0.35 * len(depths)))
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(lengths)), [format_length(n) for n in lengths])
-    ax.set_yticks(range(len(depths)), [f"{float(d):.0%}" for d in depths])
-    ax.set_xlabel("context length")
-    ax.set_ylabel("needle depth")
+    return heatmap(grid, [format_length(n) for n in lengths], [f"{float(d):.0%}" for d in depths], f"NIAH — {run['label']}", path,
+                   xlabel="context length", ylabel="needle depth", colorbar_label="accuracy %")
+
+
+# Heatmap geometry, in inches: every cell gets the same room whatever the grid's size, so a 1 × 2 grid and a
+# 20 × 20 one both read (labels inside cells, tick labels, the colour bar) at the figure's natural size.
+CELL_WIDTH, CELL_HEIGHT = 0.62, 0.34
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 1.1, 1.3, 0.55, 0.75
+MIN_PLOT_WIDTH, MIN_PLOT_HEIGHT = 1.9, 1.0
+
+
+def heatmap(grid: list[list[float]], columns: list[str], rows: list[str], title: str, path: Path, **labels) -> Path:
+    """Save :func:`heatmap_figure` as a PNG."""
+    return _save(heatmap_figure(grid, columns, rows, title, **labels), path, tight=False)
+
+
+def heatmap_figure(grid: list[list[float]], columns: list[str], rows: list[str], title: str, xlabel: str = "",
+                   ylabel: str = "", colorbar_label: str = "", vmin: float = 0, vmax: float = 100):
+    """A labelled heatmap (rows × columns of values in [vmin, vmax]) whose size follows the grid: fixed room per
+    cell, fixed margins for tick labels, titles and the colour bar. Each cell shows its value."""
+    plt = _plt()
+    plot_w = max(MIN_PLOT_WIDTH, CELL_WIDTH * len(columns))
+    plot_h = max(MIN_PLOT_HEIGHT, CELL_HEIGHT * len(rows))
+    width, height = MARGIN_LEFT + plot_w + MARGIN_RIGHT, MARGIN_BOTTOM + plot_h + MARGIN_TOP
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((MARGIN_LEFT / width, MARGIN_BOTTOM / height, plot_w / width, plot_h / height))
+    bar = fig.add_axes(((MARGIN_LEFT + plot_w + 0.15) / width, MARGIN_BOTTOM / height, 0.14 / width, plot_h / height))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(columns)), columns, fontsize=8, rotation=0 if CELL_WIDTH * 72 >= 7 * max(map(len, columns)) else 45)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    cell_font = 8 if len(columns) * len(rows) <= 400 else 7
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7)
-    ax.set_title(f"NIAH — {run['label']}", fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="accuracy %")
-    return _save(fig, path)
+            shade = (value - vmin) / (vmax - vmin) if vmax > vmin else 0.5
+            ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=cell_font,
+                    color="white" if shade < 0.15 or shade > 0.85 else "black")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, cax=bar, label=colorbar_label)
+    bar.tick_params(labelsize=7)
+    return fig
 
 
 def plot_positions(results: dict, task: str, path: Path) -> Path:
@@ -153,7 +190,11 @@ def render(directory: str | Path) -> tuple[Path, Path]:
     md = [f"# ropekit {results['kind']} report", "",
           f"- device: {env['device']}", f"- versions: ropekit {env['ropekit']}, torch {env['torch']}, transformers {env['transformers']}, "
           f"Python {env['python']}", f"- command: `{env['command']}`", f"- seed: {results['seed']}; started {results['started']}; "
-          f"wall time {results.get('seconds', 0):.0f} s", ""]
+          f"wall time {results.get('seconds', 0):.0f} s" + (f" (first-run setup {results['setup_seconds']:.0f} s before it)"
+                                                             if results.get("setup_seconds", 0) >= 1 else "")]
+    if "machine" in env:
+        md.append(f"- machine: {describe_machine(env['machine'])} (measured at the start of the run)")
+    md.append("")
     md += ["## Runs", "", "| run | model | method | target | native | seconds |", "|---|---|---|---|---|---|"]
     for run in results["runs"]:
         md.append(f"| {run['label']} | {run['model']} | {run.get('method') or (run.get('record') or {}).get('method') or 'as loaded'} | "
@@ -161,15 +202,18 @@ def render(directory: str | Path) -> tuple[Path, Path]:
     md.append("")
     figures: list[tuple[str, Path]] = []
     for task, meta in results["tasks"].items():
-        md += [f"## {task}", "", f"{meta['summary']}. Score: {meta['metric']} ({'higher' if meta['higher_is_better'] else 'lower'} is better). "
-               f"Options: `{json.dumps(meta['options'])}`.", ""]
-        md += ["| run | " + " | ".join(format_length(n) for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
-        for run in results["runs"]:
-            cells = []
-            for n in lengths:
-                cells.append(format_score(score_of(run, task, n), meta["higher_is_better"], digits=1))
-            md.append(f"| {run['label']} | " + " | ".join(cells) + " |")
-        md.append("")
+        columns = columns_of(meta)
+        md += [f"## {task}", "", f"{meta['summary']}. " + "; ".join(
+            f"{c['label'] or 'score'}: {c['metric']} ({'higher' if c['higher_is_better'] else 'lower'} is better)" for c in columns)
+            + f". Options: `{json.dumps(meta['options'])}`.", ""]
+        for column in columns:
+            if len(columns) > 1:
+                md += [f"{column['label']}:", ""]
+            md += ["| run | " + " | ".join(format_length(n) for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+            for run in results["runs"]:
+                cells = [format_score(score_of(run, task, n, column["key"]), column["higher_is_better"], digits=1) for n in lengths]
+                md.append(f"| {run['label']} | " + " | ".join(cells) + " |")
+            md.append("")
         if task == "entropy":
             for run in results["runs"]:
                 for n in lengths:
@@ -183,9 +227,11 @@ def render(directory: str | Path) -> tuple[Path, Path]:
                     md += ["", f"![entropy {run['label']}](plots/{figure.name})"]
             md.append("")
             continue
-        figure = plot_scores_vs_length(results, task, plots / f"{_safe(task)}_vs_length.png")
-        figures.append((f"{task} vs length", figure))
-        md += [f"![{task}](plots/{figure.name})", ""]
+        for column in columns:
+            name = task if column["key"] == "score" else f"{task}_{column['key']}"
+            figure = plot_scores_vs_length(results, task, plots / f"{_safe(name)}_vs_length.png", column)
+            figures.append((f"{column['label'] or task} vs length", figure))
+            md += [f"![{name}](plots/{figure.name})", ""]
         if task == "niah":
             for run in results["runs"]:
                 if "niah" in run["results"]:

@@ -1,6 +1,6 @@
 """Synthetic long-context training conversations, generated offline from a seed.
 
-Each conversation is a long user message — natural filler text (Shakespeare, from :mod:`ropekit.eval.corpus`) with
+Each conversation is a long user message — natural filler text (Shakespeare, from :mod:`ropekit.corpus`) with
 a few planted records at random depths — followed by one or two questions about them and the answers:
 
 * ``fact``: "The secret ingredient of recipe 17 is saffron."  → "What is the secret ingredient of recipe 17?"
@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import string
 
-from .eval.corpus import text_tokens
+from .corpus import text_tokens
 
 INGREDIENTS = ["saffron", "basil", "cardamom", "tamarind", "fennel", "sumac", "juniper", "anise", "lovage", "mace",
                "sorrel", "galangal", "nutmeg", "caraway", "tarragon", "chervil", "fenugreek", "marjoram", "hyssop", "borage"]

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..errors import RopekitError
 from ..extension import reset_rope_state, rope_depends_on_length, sliding_layers, text_config
-from .corpus import text_tokens
+from ..corpus import text_tokens
 from .scoring import model_device, score_answers
 from .tasks import Task, evenly_spaced, register
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..extension import reset_rope_state, rope_depends_on_length
-from .corpus import text_tokens
+from ..corpus import text_tokens
 from .scoring import model_device
 from .tasks import Task, register
 

@@ -25,7 +25,7 @@ Subtasks:
 Differences from RULER, and why:
 
 - Haystack: RULER's "essay" haystack is Paul Graham essays (downloaded, not available offline). Here natural text
-  comes from :func:`ropekit.eval.corpus.text_tokens` (``"shakespeare"`` by default, or any text file);
+  comes from :func:`ropekit.corpus.text_tokens` (``"shakespeare"`` by default, or any text file);
   ``haystack="noise"`` is RULER's "repeat" haystack ("The grass is green. The sky is blue. ..."). ``vt`` always uses
   the noise, as in RULER.
 - Words: RULER draws keys ("adjective-noun") and list words from wonderwords' lists; here they are pronounceable
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from ..errors import RopekitError
-from .corpus import text_tokens
+from ..corpus import text_tokens
 from .scoring import generate_greedy, score_answers
 from .tasks import Task, register
 

@@ -3,6 +3,10 @@
 Each (model, method, parameters, task, options, length, seed) result is one JSON file under ``DIR/cache/``; a run
 asks tasks only for the lengths it has not stored yet, and rewrites ``DIR/results.json`` after every step, so an
 interrupted evaluation loses at most the step in flight. The schema of ``results.json`` is in docs/evaluation.md.
+
+Timing: ``seconds`` is the job (loading, extending, evaluating); fetching and converting the embedded model and
+corpus on a first run is done before it and recorded apart as ``setup_seconds``; ``environment.machine`` holds the
+CPU/GPU and its measured fp32 matmul rate, so the time can be scaled to another machine.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from ..errors import RopekitError
 from ..extension import extend, native_length_of
 from ..lengths import format_length
 from ..models import ALIASES as MODEL_ALIASES
-from ..models import load_model, resolve_source
+from ..embedded import corpus_dir
+from ..models import load_model, pick_device, resolve_source
 from ..registry import split_methods
 from .tasks import check_options, get_task
 
@@ -70,7 +75,9 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def environment() -> dict:
+def environment(device: str = "auto") -> dict:
+    """Versions, the device, the exact command, and the machine with its measured fp32 matmul rate
+    (:func:`ropekit.machine.machine`, about one second), so a recorded time can be scaled to another machine."""
     import platform
     import sys
 
@@ -78,14 +85,27 @@ def environment() -> dict:
     import transformers
 
     from .. import __version__
+    from ..machine import machine
 
-    if torch.cuda.is_available():
-        device = f"{torch.cuda.get_device_name(0)} ×{torch.cuda.device_count()} (CUDA {torch.version.cuda})"
+    target = pick_device(device)
+    if target.type == "cuda":
+        name = f"{torch.cuda.get_device_name(target)} ×{torch.cuda.device_count()} (CUDA {torch.version.cuda})"
     else:
-        device = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+        name = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     return {"ropekit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "device": device,
+            "python": platform.python_version(), "device": name, "machine": machine(target),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""}
+
+
+def prepare(runs: list[RunSpec], tasks: dict[str, dict]) -> float:
+    """Fetch what the runs need before the job's clock starts: the embedded model (downloaded and converted on first
+    use) and the text corpus. Returns the seconds spent (about 0 once everything is cached)."""
+    started = time.time()
+    for model in dict.fromkeys(str(spec.model) for spec in runs):
+        resolve_source(model)
+    if any(get_task(name).kind == "natural" for name in tasks):
+        corpus_dir()
+    return round(time.time() - started, 1)
 
 
 def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], output: str | Path, seed: int = 0,
@@ -102,11 +122,14 @@ def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], ou
         raise RopekitError(f"two runs share the label {next(label for label in labels if labels.count(label) > 1)!r}", "give each run its own label")
     out = Path(output).expanduser()
     (out / "cache").mkdir(parents=True, exist_ok=True)
+    setup_seconds = prepare(runs, resolved)
     started = time.time()
     results = {"format": RESULTS_FORMAT, "kind": kind, "seed": seed, "lengths": list(lengths),
                "tasks": {name: {"metric": get_task(name).metric, "higher_is_better": get_task(name).higher_is_better,
-                                "summary": get_task(name).summary, "options": options} for name, options in resolved.items()},
-               "environment": environment(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": []}
+                                "summary": get_task(name).summary, "options": options,
+                                "columns": [asdict(column) for column in get_task(name).columns]} for name, options in resolved.items()},
+               "environment": environment(device), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "setup_seconds": setup_seconds, "runs": []}
     jobs = len(runs) * len(resolved) * len(lengths)
     bar = tqdm(total=jobs, desc=kind, unit="job", disable=not progress)
     loaded: dict[str, tuple] = {}
@@ -144,9 +167,15 @@ def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], ou
     return results
 
 
-def score_of(run: dict, task: str, length: int):
-    """A run's headline score for a task at a length, or None when it was not evaluated."""
-    return run["results"].get(task, {}).get(str(length), {}).get("score")
+def score_of(run: dict, task: str, length: int, key: str = "score"):
+    """A run's headline number ``key`` (a task column) for a task at a length, or None when it was not evaluated."""
+    return run["results"].get(task, {}).get(str(length), {}).get(key)
+
+
+def columns_of(meta: dict) -> list[dict]:
+    """A results file's task columns (``key``, ``label``, ``metric``, ``higher_is_better``); one "score" column for
+    results written before tasks had several."""
+    return meta.get("columns") or [{"key": "score", "label": None, "metric": meta["metric"], "higher_is_better": meta["higher_is_better"]}]
 
 
 def format_score(score, higher_is_better: bool, digits: int = 0) -> str:
@@ -167,7 +196,7 @@ def _model_for(spec: RunSpec, loaded: dict, device: str, dtype: str):
         raise RopekitError(f"{spec.model} has no tokenizer", "evaluate a checkpoint saved with its tokenizer")
     if spec.method in (None, "none"):
         return base, tokenizer
-    return extend(copy.deepcopy(base), spec.method, target_length=spec.target_length, **spec.params), tokenizer
+    return extend(copy.deepcopy(base), spec.method, target_length=spec.target_length, tokenizer=tokenizer, **spec.params), tokenizer
 
 
 def parse_task_options(items: list[str] | None, tasks: list[str]) -> dict[str, dict]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..extension import reset_rope_state
+from ..extension import reset_rope_state, rope_depends_on_length, sliding_layers, text_config
 
 
 @dataclass
@@ -48,6 +48,55 @@ def score_answers(model, samples: list[tuple[list[int], list[int]]], batch_size:
                 predicted = predicting.argmax(-1)
                 results[i] = Scored(bool((predicted == answer).all()), nll, predicted.tolist())
     return results  # type: ignore[return-value]
+
+
+def can_share_prefix(model) -> bool:
+    """Whether a KV cache of a prefix gives the same logits as the full forward: not for RoPE whose frequencies depend
+    on the sequence length (dynamic NTK, LongRoPE) nor for sliding-window layers."""
+    return not rope_depends_on_length(model) and not sliding_layers(text_config(model))
+
+
+def new_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache()
+
+
+def crop_cache(cache, size: int) -> None:
+    """Keep the first ``size`` cached tokens (a negative ``crop`` removes tokens in every transformers 5.x)."""
+    remove = cache.get_seq_length() - size
+    if remove > 0:
+        cache.crop(-remove)
+
+
+@torch.no_grad()
+def score_after_prefix(model, prefix: list[int], continuations: list[tuple[list[int], list[int]]]) -> list[Scored]:
+    """Score ``(question_ids, answer_ids)`` continuations of one shared ``prefix`` (e.g. one record list asked about
+    several records): the prefix runs once into a KV cache, then each question + answer runs against it (cropped
+    back after each). The same logits as ``score_answers`` on ``prefix + question`` for every continuation, at the
+    cost of one long forward instead of one per question. Falls back to full forwards where a cache would not give
+    the same logits (:func:`can_share_prefix`)."""
+    if not can_share_prefix(model):
+        return score_answers(model, [(prefix + question, answer) for question, answer in continuations])
+    device = model_device(model)
+    reset_rope_state(model)
+    cache = new_cache(model)
+    model.get_decoder()(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True)
+    results = []
+    for question, answer in continuations:
+        keep = len(answer) + 1
+        ids = torch.tensor([question + answer], device=device)
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits[0].float()
+        gold = torch.tensor(answer, device=device)
+        predicting = logits[:-1]
+        predicted = predicting.argmax(-1)
+        results.append(Scored(bool((predicted == gold).all()), torch.nn.functional.cross_entropy(predicting, gold).item(),
+                              predicted.tolist()))
+        crop_cache(cache, len(prefix))
+    return results
 
 
 @torch.no_grad()

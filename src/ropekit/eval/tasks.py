@@ -5,6 +5,8 @@ length (a token count) and returns, per length, a JSON-able dict with at least `
 number: accuracy in %, perplexity, or a 0–100 metric) and ``"n"`` (samples), plus task-specific detail (per-sample
 rows, per-depth or per-position breakdowns). Data generators are deterministic under the seed. Runs are cached per
 (model, method, task, length, seed) by :mod:`ropekit.eval.runner`, so a task is only asked for missing lengths.
+A task whose forward passes yield more than one headline number lists the others as ``also`` columns (each a key
+of the per-length result), so tables and plots show them without a second pass.
 
 Tasks register themselves when their module is imported (see ``ropekit/eval/__init__.py``).
 """
@@ -18,6 +20,16 @@ from ..errors import RopekitError
 
 
 @dataclass(frozen=True)
+class Column:
+    """One headline number of a task: ``result[key]`` at each length, shown as ``label`` in tables and plots."""
+
+    key: str
+    label: str
+    metric: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
 class Task:
     name: str
     summary: str
@@ -26,6 +38,12 @@ class Task:
     run: Callable[..., dict]
     options: dict = field(default_factory=dict)  # option name -> default
     kind: str = "synthetic"  # "synthetic" (generated here), "natural" (text corpus), "dataset" (local files), "probe"
+    also: tuple[Column, ...] = ()  # further headline numbers of the same forward passes (e.g. passkey_ppl's perplexity)
+    score_label: str | None = None  # the label of "score" (default: the task's name)
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        return (Column("score", self.score_label or self.name, self.metric, self.higher_is_better), *self.also)
 
 
 TASKS: dict[str, Task] = {}

@@ -13,28 +13,42 @@ from .frequency import THETA, THETA_FACTOR, abf_theta
 LAYERS = Param(
     "layers", "layers", "auto",
     "layers whose queries are scaled: auto (all but 0-1 and sliding-window layers, as in the EABF paper), "
+    "entropy (all but the layers whose attention entropy in the unextended model rises with length close to uniform, "
+    "as layers 0-1 do in the paper; measured by a probe inside the native window), "
     "all (every layer, as the EABF reference code actually does), none, or indices like 2-29")
 SCALE_LENGTH = Param("scale_length", "int", None, "c in t = max(1, ln(pos+1)/ln c); default the model's native length", minimum=2)
+PROBE_TEXT = Param("probe_text", "str", "paradise_lost",
+                   "natural text the entropy probe reads for layers=entropy: a named corpus or a .txt path")
 
 
-def resolve_layers(ctx: Context, layers, method: str) -> list[int]:
+def resolve_layers(ctx: Context, layers, method: str, probe_text: str = "paradise_lost") -> tuple[list[int], dict | None]:
+    """The scaled layers, and for ``layers=entropy`` the probe's choice (recorded with the checkpoint)."""
     if layers == "auto":
-        return [i for i in range(ctx.num_layers) if i >= 2 and i not in ctx.sliding_layers]
+        return [i for i in range(ctx.num_layers) if i >= 2 and i not in ctx.sliding_layers], None
+    if layers == "entropy":
+        if ctx.probe is None:
+            raise RopekitError(f"{method}: layers=entropy needs to probe the model, which this call cannot do",
+                               "call ropekit.extend on a loaded model (with its tokenizer) or pass explicit layers")
+        choice = ctx.probe(probe_text)
+        return [i for i in range(ctx.num_layers) if i not in choice["unscaled"] and i not in ctx.sliding_layers], choice
     if layers == "all":
-        return list(range(ctx.num_layers))
+        return list(range(ctx.num_layers)), None
     if layers == "none":
-        return []
+        return [], None
     bad = [i for i in layers if i >= ctx.num_layers]
     if bad:
         raise RopekitError(f"{method}: layer {bad[0]} does not exist (the model has {ctx.num_layers} layers, 0-{ctx.num_layers - 1})",
                            f"pass layers within 0-{ctx.num_layers - 1}")
-    return list(layers)
+    return list(layers), None
 
 
 def logit_scale_plan(ctx: Context, p: dict, method: str) -> tuple[dict, dict]:
     c = p["scale_length"] or ctx.native_length
-    layers = resolve_layers(ctx, p["layers"], method)
-    return {"scale_length": c, "layers": layers}, {"scale_length": c, "layers": layers}
+    layers, choice = resolve_layers(ctx, p["layers"], method, p["probe_text"])
+    resolved = {"scale_length": c, "layers": layers}
+    if choice is not None:
+        resolved["layer_choice"] = {"rule": "entropy", **choice}
+    return {"scale_length": c, "layers": layers}, resolved
 
 
 def build_logscale(ctx: Context, p: dict) -> Plan:
@@ -91,11 +105,11 @@ register(Method("none", "none", "the original model, unchanged (a baseline row)"
 register(Method(
     "logscale", "attention",
     "entropy-aware logit scale: query at position i multiplied by max(1, ln(i+1)/ln c); combine with any frequency method",
-    "Zhang et al. 2024 (Entropy-ABF), arXiv 2401.07004", (SCALE_LENGTH, LAYERS), build_logscale))
+    "Zhang et al. 2024 (Entropy-ABF), arXiv 2401.07004", (SCALE_LENGTH, LAYERS, PROBE_TEXT), build_logscale))
 register(Method(
     "eabf", "both",
     "Entropy-Aware ABF: base θ×50 (10k → 500k) plus the entropy-aware logit scale, layers 0-1 unscaled",
-    "Zhang et al. 2024, arXiv 2401.07004", (THETA, THETA_FACTOR, SCALE_LENGTH, LAYERS), build_eabf))
+    "Zhang et al. 2024, arXiv 2401.07004", (THETA, THETA_FACTOR, SCALE_LENGTH, LAYERS, PROBE_TEXT), build_eabf))
 register(Method(
     "self_extend", "attention",
     "Self-Extend: exact neighbour attention within a window, grouped (floor-divided) positions beyond it; training-free",

@@ -1,0 +1,56 @@
+"""The retrieval tasks give signal on the embedded default model inside its window (SmolLM2-135M-Instruct, 8K
+native): the unmodified model retrieves at 2K and 4K (≥ 80%), so a failure beyond 8K is the window's, not the
+task's. The samples are those of the calibration table in docs/evaluation.md (same options and seed). Slow: run with
+``pytest -m slow``."""
+
+import math
+
+import pytest
+import torch
+
+import ropekit
+from ropekit.eval.tasks import get_task
+
+pytestmark = pytest.mark.slow
+
+LENGTHS = [2048, 4096]
+# The samples of the calibration table in docs/evaluation.md (`ropekit eval smollm2-135m --tasks TASK --lengths
+# 2k,4k --trials N`, seed 0): passkey 10 trials, niah 10 depths × 1, lines and kv 4 record lists × 5 positions.
+OPTIONS = {"passkey": {"trials": 10}, "niah": {"trials": 1}, "lines": {"trials": 4}, "kv": {"trials": 4}}
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return ropekit.load_model("smollm2-135m", device="cpu", dtype="float32")
+
+
+KV_BELOW_GOAL = pytest.mark.xfail(strict=True, reason="kv: 70% at 2K and 4K on SmolLM2 (6-digit values, digits misread), below "
+                                   "the 80% goal; docs/evaluation.md, calibration")
+
+
+@pytest.mark.parametrize("task", [pytest.param(t, marks=KV_BELOW_GOAL) if t == "kv" else t for t in OPTIONS])
+def test_original_model_retrieves_inside_its_window(smollm2, task):
+    model, tokenizer = smollm2
+    results = get_task(task).run(model, tokenizer, LENGTHS, seed=0, progress=False, **OPTIONS[task])
+    for length in LENGTHS:
+        assert results[length]["score"] >= 80.0, f"{task} at {length}: {results[length]['score']:.0f}%"
+
+
+def test_passkey_ppl_perplexity_matches_the_plain_window(smollm2):
+    """The main job's perplexity (natural text after a planted key, the question after it) is within 1% of the
+    perplexity of the same text tokens in a plain window of that text alone."""
+    from ropekit.corpus import text_tokens
+    from ropekit.eval.passkey_ppl import run_passkey_ppl, window_sample
+
+    model, tokenizer = smollm2
+    length, tail = 4096, 1024
+    job = run_passkey_ppl(model, tokenizer, [length], seed=0, progress=False, trials=1, tail=tail)[length]
+    offset = job["trials"][0]["offset"]
+    tokens = text_tokens(tokenizer, "paradise_lost", min_tokens=length)
+    sample = window_sample(tokenizer, tokens, length, offset, 0.5, job["trials"][0]["key"], tail)
+    window = torch.tensor([tokens[offset:offset + sample["text"]]])  # the same natural tokens, nothing planted
+    with torch.no_grad():
+        logits = model(input_ids=window, use_cache=False).logits[0, -tail - 1:-1].float()
+    plain = math.exp(torch.nn.functional.cross_entropy(logits, window[0, -tail:]).item())
+    assert job["score"] == 100.0
+    assert abs(job["ppl"] / plain - 1) < 0.01, (job["ppl"], plain)
