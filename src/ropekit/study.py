@@ -109,9 +109,8 @@ PRESETS = {
             # The first lever after eabf-32k's perplexity collapse (docs/results.md): the same budget on the data mix
             # (half retrieval conversations, half plain text with loss on every token).
             Run("eabf-mix-32k", "eabf", "32k", recipe="eabf-mix", options=dict(_FT)),
-            # EABF with the layers chosen by the entropy probe goes here, one line, once that option exists, e.g.:
-            # Run("eabf-entropy-32k", "eabf", "32k", options={**_FT, "method_params": {"layers": "entropy"}}),
-            # and add "eabf-entropy-32k" to the finetuned-32k slice below.
+            # EABF on the layers the entropy probe picks (the unextended model probed inside its window), same budget:
+            Run("eabf-entropy-32k", "eabf", "32k", recipe="eabf-paper", options={**_FT, "method_params": {"layers": "entropy"}}),
         ),
         (4096, 8192, 16384, 32768, 65536),
         {"passkey": {"trials": 20, "batch_size": 4}, "niah": {"trials": 1, "batch_size": 5}, "ppl": {"windows": 3},
@@ -131,8 +130,8 @@ PRESETS = {
                   ("self-extend-free",), (4096, 8192, 16384, 32768),
                   {"passkey": {"trials": 20, "batch_size": 4}, "niah": {"trials": 1, "batch_size": 5}, "ppl": {"windows": 3}}),
             Slice("finetuned-32k", "fine-tuned at 32K with the EABF paper's budget (100 samples, 6 steps): PI, NTK, YaRN, ABF, "
-                  "and YaRN + log scale next to eabf-32k (in the headline slice)",
-                  ("linear-32k", "ntk-32k", "yarn-32k", "abf-32k", "yarn-logscale-32k")),
+                  "YaRN + log scale, and EABF on the layers the entropy probe picks, next to eabf-32k (in the headline slice)",
+                  ("linear-32k", "ntk-32k", "yarn-32k", "abf-32k", "yarn-logscale-32k", "eabf-entropy-32k")),
             Slice("rest-64k", "fine-tuned at 64K (PI, NTK, YaRN, ABF, EABF); CREAM and PoSE trained at 8K: with PI for 64K, "
                   "PoSE-YaRN for 64K (CREAM-YaRN's comparison), and the 32K rows; LongLoRA (PI + S²-Attn + LoRA+) next to "
                   "PI + LoRA+ with full attention at 64K",
