@@ -477,3 +477,19 @@ def test_help(command):
 
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+@pytest.mark.parametrize("preset", ["smollm2-cpu-smoke", "smollm2-64k"])
+def test_study_rows_match_the_pose_budget(preset):
+    """Every PoSE row of a study preset has a longrecipe twin: same method, target, train length, steps and samples."""
+    from ropekit.study import get_preset
+
+    runs = {r.label: r for r in get_preset(preset).runs}
+    twins = [(r, runs.get(r.label.replace("pose-", "longrecipe-"))) for r in runs.values() if r.strategy == "pose"]
+    assert twins and all(twin is not None for _, twin in twins)
+    for pose, twin in twins:
+        assert (twin.recipe, twin.strategy, twin.method, twin.target) == ("longrecipe", "longrecipe", pose.method, pose.target)
+        for key in ("max_steps", "samples", "batch_size", "warmup_steps"):
+            assert twin.options[key] == pose.options[key]
+        # PoSE trains at the recipe's native length (8K for SmolLM2) unless the row says otherwise
+        assert twin.options["train_length"] == pose.options.get("train_length", "8k")

@@ -169,6 +169,13 @@ def documents(source: str, tokenizer, budget: int, count: int | None = None, see
             raise RopekitError(f"{where}: {err}", "fix the row") from None
 
 
+def document_count(source: str, tokenizer, budget: int, count: int | None = None, seed: int = 0) -> int:
+    """How many documents :func:`documents` yields (without tokenising; synthetic ones are not generated)."""
+    if source == "synthetic":
+        return count or 64
+    return sum(1 for _ in documents(source, tokenizer, budget, count, seed))
+
+
 # -------------------------------------------------------------------------------------------------------------- rules
 
 
@@ -278,9 +285,10 @@ def plot_classes(report: dict, path: Path) -> Path:
 
 
 def fill_rows(tokenizer, sentences: Sentences, keep: list[bool], budget: int, end_ids: frozenset[int],
-              report: SelectionReport) -> list[str]:
+              report: SelectionReport, limit: int | None = None) -> list[str]:
     """The kept sentences of one document, in order, cut into rows holding at least ``budget`` tokens as ``ropekit
-    train`` tokenises them (with a sentence end before the last trained token); the rest is dropped and counted."""
+    train`` tokenises them (with a sentence end before the last trained token); the rest is dropped and counted.
+    ``limit``: stop after that many rows (the rest of the document is left unused)."""
     from .data import tokenize_text
     from .positions import sentence_end_offsets
 
@@ -299,6 +307,8 @@ def fill_rows(tokenizer, sentences: Sentences, keep: list[bool], budget: int, en
             rows.append(text)
             report.row_tokens += len(ids)
             current, count = [], 0
+            if limit is not None and len(rows) >= limit:
+                return rows
     report.dropped_tokens += count
     return rows
 
@@ -308,8 +318,9 @@ def select(source: str, tokenizer, budget: int, rule: str = "digits", p: float =
            output: str | Path | None = None, progress: bool = True) -> tuple[list[str], SelectionReport]:
     """Select sentences from ``source`` (see :func:`documents`) and build rows of at least ``budget`` tokens.
 
-    ``rule="digits"``: ``p`` is the probability of keeping a digit-free sentence; with ``rows``, passes over the source
-    repeat with fresh draws until that many rows exist. ``rule="logit-change"``: ``original``/``extended`` are loaded
+    ``rule="digits"``: ``p`` is the probability of keeping a digit-free sentence; with ``rows``, each document gives at
+    most ``ceil(rows / documents)`` rows per pass (so a few rows come from several documents, not the first one), and
+    passes over the source repeat with fresh draws until that many rows exist. ``rule="logit-change"``: ``original``/``extended`` are loaded
     models (H, H'), ``top`` the kept fraction of tokens, ``window`` the scoring window (default: H's native length);
     one pass. ``output``: a ``.jsonl`` path; rows are appended as they are made, and for logit-change the class report
     is written next to it (``<name>.token-classes.json``/``.png``). Returns the rows and a report.
@@ -340,13 +351,16 @@ def select(source: str, tokenizer, budget: int, rule: str = "digits", p: float =
     try:
         if rule == "digits":
             rng = random.Random(f"longrecipe-select-{seed}")
+            per_document = None
+            if rows is not None:
+                per_document = math.ceil(rows / max(1, document_count(source, tokenizer, budget, rows, seed)))
             while rows is None or len(selected) < rows:
                 report.passes += 1
                 before = len(selected)
                 for where, text in tqdm(documents(source, tokenizer, budget, rows, seed), desc=f"select (pass {report.passes})",
                                         unit="doc", disable=not progress):
                     sentences = _split(tokenizer, text, end_ids, report, first_pass=report.passes == 1)
-                    emit(fill_rows(tokenizer, sentences, digit_keep(sentences, p, rng), budget, end_ids, report))
+                    emit(fill_rows(tokenizer, sentences, digit_keep(sentences, p, rng), budget, end_ids, report, per_document))
                     if rows is not None and len(selected) >= rows:
                         break
                 if len(selected) == before:

@@ -60,6 +60,13 @@ def _native(label, method, target, strategy, factor):
                         "strategy_params": {"sigma": "auto"} if strategy == "cream" else {}})
 
 
+def _longrecipe(label, method, target, factor):
+    # LongRecipe beside PoSE at the same stage-0 budget: PoSE's train length (8K, not the recipe's 30% of the target),
+    # steps and samples; then its own replay (68/240 of those tokens, lr / 10) and merge with the original.
+    pose = _native(label, method, target, "pose", factor)
+    return Run(label, method, target, recipe="longrecipe", strategy="longrecipe", options={**pose.options, "train_length": "8k"})
+
+
 PRESETS = {
     "smollm2-64k": Preset(
         "smollm2-64k", "SmolLM2-135M (8K native) to 32K and 64K: PI, NTK, YaRN, ABF, EABF fine-tuned at the target with 100 "
@@ -70,6 +77,7 @@ PRESETS = {
             Run("yarn-free", "yarn", "64k", train=False), Run("eabf-free", "eabf", "64k", train=False),
             *[_eabf_style(f"{m}-{t}", m, t) for t in ("32k", "64k") for m in ("linear", "ntk", "yarn", "abf", "eabf")],
             *[_native(f"{s}-{m}-{t}", m, t, s, f) for t, f in (("32k", 4), ("64k", 8)) for s in ("cream", "pose") for m in ("linear", "yarn")],
+            *[_longrecipe(f"longrecipe-{m}-{t}", m, t, f) for t, f in (("32k", 4), ("64k", 8)) for m in ("linear", "yarn")],
         ),
         (4096, 8192, 16384, 32768, 65536),
         {"passkey": {"trials": 20, "batch_size": 4}, "niah": {"trials": 1, "batch_size": 5}, "ppl": {"windows": 3},
@@ -87,9 +95,11 @@ PRESETS = {
                 options={"train_length": "1k", "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "samples": 4}),
             Run("pose-linear-16k", "linear", "16k", recipe="cream-paper", strategy="pose",
                 options={"train_length": "1k", "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "samples": 4}),
+            Run("longrecipe-linear-16k", "linear", "16k", recipe="longrecipe", strategy="longrecipe",
+                options={"train_length": "1k", "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "samples": 4, "replay_length": "1k"}),
         ),
         (2048, 9216),
-        {"passkey": {"trials": 1}, "niah": {"depths": [0.5]}, "ppl": {"windows": 1}, "kv": {"trials": 1, "positions": [0.5]},
+        {"passkey": {"trials": 10}, "niah": {"depths": [0.5]}, "ppl": {"windows": 1}, "kv": {"trials": 1, "positions": [0.5]},
          "entropy": {"documents": 1, "queries": 32}},
         {"learning_rate": 1e-4, "precision": "fp32", "micro_batch_size": 1, "batch_size": 2, "save_steps": 1000},
     ),
