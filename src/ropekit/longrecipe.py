@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -86,15 +87,14 @@ def _prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
                 raise RopekitError(f"--resume: {directory} finished (training_summary.json) but its model checkpoint is missing",
                                    f"delete {directory} to train that stage again, or start without --resume")
         return
-    if out.exists() and any(out.iterdir()):
+    if is_main_process() and out.exists() and any(out.iterdir()):  # other processes may already be writing
         if not overwrite:
             raise RopekitError(f"output directory {out} exists and is not empty",
                                "choose a new directory, pass --resume to continue it, or --overwrite")
-        if is_main_process():
-            for stage in STAGES:
-                shutil.rmtree(out / stage, ignore_errors=True)
-            for name in ("stage0_data.jsonl", "training_summary.json"):
-                (out / name).unlink(missing_ok=True)
+        for stage in STAGES:
+            shutil.rmtree(out / stage, ignore_errors=True)
+        for name in ("stage0_data.jsonl", "training_summary.json"):
+            (out / name).unlink(missing_ok=True)
 
 
 def _stage(options, directory: Path, callbacks, **changes) -> dict:
@@ -110,27 +110,31 @@ def _stage(options, directory: Path, callbacks, **changes) -> dict:
 
 
 def stage0_data(options, out: Path, train_length: int, batch: int) -> str:
-    """The stage-0 data: ``--data`` as given, else the digit rule over the offline Shakespeare plays (saved once)."""
+    """The stage-0 data: ``--data`` as given, else the digit rule over the offline Shakespeare plays (selected once,
+    by the main process under ``accelerate launch``, the others waiting for the file)."""
     if options.data is not None:
         return options.data
-    path = out / "stage0_data.jsonl"
-    if path.is_file():
-        return str(path)
-    from transformers import AutoTokenizer
-
-    from .merge import checkpoint_dir
-    from .selection import select
     from .train import is_main_process
 
-    rows = options.samples or (options.max_steps * batch if options.max_steps and options.max_steps > 0 else None)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir(options.model, "the base model"))
-    partial = out / "stage0_data.jsonl.partial"
-    out.mkdir(parents=True, exist_ok=True)
-    _, report = select("shakespeare", tokenizer, train_length, rule="digits", p=0.5, rows=rows, seed=options.seed,
-                       output=partial, progress=options.progress)
-    if is_main_process():
+    path = out / "stage0_data.jsonl"
+    if is_main_process() and not path.is_file():
+        from transformers import AutoTokenizer
+
+        from .merge import checkpoint_dir
+        from .selection import select
+
+        rows = options.samples or (options.max_steps * batch if options.max_steps and options.max_steps > 0 else None)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir(options.model, "the base model"))
+        partial = out / "stage0_data.jsonl.partial"
+        out.mkdir(parents=True, exist_ok=True)
+        _, report = select("shakespeare", tokenizer, train_length, rule="digits", p=0.5, rows=rows, seed=options.seed,
+                           output=partial, progress=options.progress)
         partial.replace(path)
         (out / "stage0_data.report.json").write_text(json.dumps(report.__dict__, indent=2))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
     return str(path)
 
 

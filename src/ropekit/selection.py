@@ -320,10 +320,11 @@ def select(source: str, tokenizer, budget: int, rule: str = "digits", p: float =
 
     ``rule="digits"``: ``p`` is the probability of keeping a digit-free sentence; with ``rows``, each document gives at
     most ``ceil(rows / documents)`` rows per pass (so a few rows come from several documents, not the first one), and
-    passes over the source repeat with fresh draws until that many rows exist. ``rule="logit-change"``: ``original``/``extended`` are loaded
-    models (H, H'), ``top`` the kept fraction of tokens, ``window`` the scoring window (default: H's native length);
-    one pass. ``output``: a ``.jsonl`` path; rows are appended as they are made, and for logit-change the class report
-    is written next to it (``<name>.token-classes.json``/``.png``). Returns the rows and a report.
+    passes over the source repeat with fresh draws until that many rows exist. ``rule="logit-change"``:
+    ``original``/``extended`` are loaded models (H, H'), ``top`` the kept fraction of tokens, ``window`` the scoring
+    window (default: H's native length); one pass. ``output``: a ``.jsonl`` path (replaced); rows are written as they
+    are made, and for logit-change the class report goes next to it (``<name>.token-classes.json``/``.png``).
+    Returns the rows and a report.
     """
     from tqdm.auto import tqdm
 
