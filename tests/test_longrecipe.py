@@ -493,3 +493,22 @@ def test_study_rows_match_the_pose_budget(preset):
             assert twin.options[key] == pose.options[key]
         # PoSE trains at the recipe's native length (8K for SmolLM2) unless the row says otherwise
         assert twin.options["train_length"] == pose.options.get("train_length", "8k")
+
+
+@pytest.mark.slow
+def test_logit_change_selection_on_smollm2(tmp_path):
+    """The paper's analysis on the embedded model on CPU: SmolLM2 against its YaRN ×4 extension, digit-rich synthetic
+    conversations, 512-token windows; rows, class report and chart come out, every row holds the budget."""
+    from ropekit.data import load_data
+
+    original, tokenizer = ropekit.load_model("smollm2-135m", device="cpu", dtype="float32")
+    extended, _ = ropekit.load_model("smollm2-135m", device="cpu", dtype="float32")
+    ropekit.extend(extended, "yarn", target_length="32k")
+    rows, report = select("synthetic", tokenizer, 256, rule="logit-change", original=original, extended=extended, rows=2,
+                          window=512, output=tmp_path / "sel.jsonl", progress=False)
+    classes = report.token_classes
+    assert classes["top_tokens"] == math.ceil(0.2 * classes["scored_tokens"])
+    assert sum(c["top"] for c in classes["classes"].values()) == classes["top_tokens"]
+    assert (tmp_path / "sel.token-classes.png").exists()
+    examples, _ = load_data(tmp_path / "sel.jsonl", tokenizer)
+    assert rows and all(len(e) >= 256 for e in examples)

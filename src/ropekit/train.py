@@ -76,7 +76,7 @@ class TrainOptions:
     # recipe "longrecipe" only (ropekit.longrecipe): stage 1 replay data, length and steps, stage 2 merge weight
     replay_data: str | None = None  # None: synthetic conversations
     replay_length: int | str | None = None  # None: the native length
-    replay_steps: int | None = None  # None: 30% of stage 0's optimizer steps
+    replay_steps: int | None = None  # None: the paper's 68/240 of stage 0's tokens
     merge_weight: float = 0.5  # merged = w·replayed + (1 − w)·original
 
 
