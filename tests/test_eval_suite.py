@@ -78,6 +78,31 @@ def test_lines_and_kv_samples_fit_and_hold_the_answer():
     assert text.index(first["gold"]) < text.index(last["gold"])  # the gold pair moves through the object
 
 
+def test_record_count_search_with_a_guess_finds_the_same_count():
+    """kv prompts bracket the binary search around a first guess (fewer tokenisations of a long prompt): same answer."""
+    import random
+
+    from ropekit.eval.retrieval import _fit
+
+    rng = random.Random(0)
+    for _ in range(300):
+        sizes = [rng.randint(1, 9) for _ in range(rng.randint(3, 400))]
+        prefix = [0]
+        for size in sizes:
+            prefix.append(prefix[-1] + size)
+        calls = []
+
+        def count(n, prefix=prefix, calls=calls):
+            calls.append(n)
+            return 20 + prefix[n]
+
+        high = len(sizes)
+        length = rng.randint(count(2), count(high) + 50)
+        plain = _fit("t", count, 2, high, length)
+        for guess in (None, 3, plain, plain + 1, high - 1, rng.randint(2, high)):
+            assert _fit("t", count, 2, high, length, guess) == plain
+
+
 @pytest.mark.parametrize("run", [run_lines, run_kv])
 def test_lines_and_kv_metrics(run):
     tok = tiny_tokenizer()

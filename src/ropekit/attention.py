@@ -218,6 +218,8 @@ def _wrap(backend: str) -> None:
     current = ALL_ATTENTION_FUNCTIONS._global_mapping.get(backend)
     if getattr(current, "_ropekit_wrapped", False):
         return
+    if getattr(current, "_ropekit_bundled", False):  # a checkpoint's bundled modeling_ropekit.py came first: replace it
+        current = current._ropekit_inner
     if backend != "eager" and current is None:
         return  # not in this transformers version
 

@@ -116,6 +116,42 @@ def extend(model: str = typer.Argument(..., help="directory, .gguf file, hub id,
                   f"target={record['target_length']}  rope={json.dumps(loaded.config.rope_parameters)}", highlight=False)
 
 
+@app.command("export")
+@friendly
+def export(model: str = typer.Argument(..., help="checkpoint directory (e.g. from `ropekit extend`), or smollm2-135m"),
+           frequency_only: Optional[Path] = typer.Option(None, "--frequency-only", help="write the plain-transformers variant (attention side dropped) to this new directory"),
+           gguf: Optional[Path] = typer.Option(None, "--gguf", help="write a GGUF file for llama.cpp / Ollama (frequency-only methods, llama-family models)"),
+           dtype: str = typer.Option("f16", help="GGUF tensor type: f16 or f32"),
+           overwrite: bool = typer.Option(False, help="replace an existing output")):
+    """Take an extended model elsewhere: a plain variant any server loads, or a GGUF for llama.cpp (docs/serving.md)."""
+    if (frequency_only is None) == (gguf is None):
+        raise RopekitError("pass exactly one of --frequency-only OUT_DIR or --gguf OUT.gguf", "e.g. ropekit export ckpt --gguf model.gguf")
+    if frequency_only is not None:
+        from .export.bundle import export_frequency_only
+
+        dropped = export_frequency_only(model, frequency_only, overwrite=overwrite)
+        for line in dropped:
+            err_console.print(f"[bold yellow]dropped:[/] {line} — {frequency_only} is NOT the same model at long context", highlight=False)
+        console.print(f"[green]wrote[/] {frequency_only} (plain transformers, no custom code)", highlight=False)
+        return
+    from .export.gguf import export_gguf
+
+    summary = export_gguf(model, gguf, dtype=dtype, overwrite=overwrite)
+    console.print(f"[green]wrote[/] {gguf}  arch={summary['arch']}  context={summary['context_length']}  "
+                  f"rope={summary['rope']}  tensors={summary['tensors']}  ({summary['dtype']})", highlight=False)
+
+
+@app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+@friendly
+def lm_eval(ctx: typer.Context):
+    """lm-evaluation-harness with the `ropekit` model backend registered; every argument goes to lm-eval's CLI, e.g.
+    ropekit lm-eval --model ropekit --model_args pretrained=CKPT,method=eabf,target_length=32k --tasks TASKS
+    (needs: pip install 'ropekit[lm-eval]')."""
+    from .integrations.lm_eval import cli
+
+    cli(list(ctx.args))
+
+
 def _print_results(results: dict) -> None:
     from .compare import summary_rows
 
@@ -203,8 +239,9 @@ def evaluate(model: str = typer.Argument(..., help="checkpoint directory (e.g. f
 
 @app.command()
 @friendly
-def report(directory: Path = typer.Argument(..., help="an --output directory of `ropekit eval` or `ropekit compare`")):
-    """Render results.json into report.html (self-contained) and report.md with tables and PNG plots."""
+def report(directory: Path = typer.Argument(..., help="an --output directory of `ropekit eval`, `compare` or `study` (slices are merged)")):
+    """Render results.json (or every DIR/<slice>/results.json, merged) into report.html (self-contained) and report.md
+    with tables and PNG plots."""
     from .report import render
 
     md, page = render(directory)
@@ -337,24 +374,35 @@ def data_select(output: Path = typer.Option(..., "--output", "-o", help="rows as
 @friendly
 def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) or smollm2-cpu-smoke (the pipeline at CPU scale)"),
           output: Path = typer.Option(Path("ropekit-study"), "--output", "-o", help="directory; re-running resumes"),
-          only: Optional[str] = typer.Option(None, help="comma-separated run labels to run (default: all)"),
+          slice_name: Optional[str] = typer.Option(None, "--slice", help="run one slice of the preset (see --list); default: every slice"),
+          only: Optional[str] = typer.Option(None, help="comma-separated run labels to run (default: all of the slice)"),
+          report_only: bool = typer.Option(False, help="run nothing: merge every slice's results.json under --output into the report and study.md"),
+          train_only: bool = typer.Option(False, help="train the rows and stop; a later run (same --output) evaluates them"),
           device: str = typer.Option("auto"),
-          list_runs: bool = typer.Option(False, "--list", help="print the preset's runs and exit")):
-    """Every method under the same fine-tuning budget, then one evaluation and report: a miniature of the EABF and
-    CREAM papers' tables (docs/results.md)."""
-    from .study import get_preset, preset_table
+          list_runs: bool = typer.Option(False, "--list", help="print the preset's slices and runs and exit")):
+    """Every method under the same fine-tuning budget, in slices that each fit a short GPU window; each slice writes
+    OUTPUT/<slice>/results.json, and the report and study.md merge every slice found (docs/results.md)."""
+    from .study import get_preset, preset_slices
     from .study import study as run_study
 
     if list_runs:
         chosen = get_preset(preset)
         console.print(f"{chosen.name}: {chosen.description}", highlight=False)
-        for row in preset_table(preset):
-            console.print(f"  {row['label']:<20} {row['method']:<8} target {row['target']:<4} "
-                          f"{'trained, ' + row['recipe'] + ', ' + row['strategy'] if row['train'] else 'training-free'}", highlight=False)
+        rows = {r.label: r for r in chosen.runs}
+        for part in preset_slices(chosen):
+            console.print(f"[bold]{part.name}[/] — {part.description}", highlight=False)
+            for label in part.labels:
+                row = rows[label]
+                console.print(f"  {label:<20} {row.method:<14} target {row.target:<4} "
+                              f"{'trained, ' + row.recipe + ', ' + row.strategy if row.train else 'training-free'}", highlight=False)
         return
-    results = run_study(preset, output, device=device, only=[o for o in (only or "").split(",") if o.strip()] or None)
+    results = run_study(preset, output, device=device, only=[o for o in (only or "").split(",") if o.strip()] or None,
+                        slice_name=slice_name, report_only=report_only, train_only=train_only)
+    if results is None:
+        console.print(f"[green]trained[/]; evaluate with the same command without --train-only", highlight=False)
+        return
     _print_results(results)
-    console.print(f"summary: {Path(output) / 'study.md'}", highlight=False)
+    console.print(f"summary: {Path(output) / 'study.md'}; report: {Path(output) / 'report.html'}", highlight=False)
 
 
 def main():  # pragma: no cover - console entry point

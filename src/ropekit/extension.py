@@ -119,6 +119,24 @@ def reset_rope_state(model) -> None:
         rebuild_rotary(model)
 
 
+def _rebuild_before_forward(model, args) -> None:
+    rebuild_rotary(model)
+
+
+def stateless_dynamic_rope(model) -> None:
+    """Make dynamic NTK a function of each forward's own positions: rebuild the rotary embedding before every forward.
+
+    Without this a model keeps transformers' state (see :func:`reset_rope_state`), and a checkpoint's output would
+    depend on what ran before it. Within one ``generate`` call nothing changes: each step's longest position only grows.
+    The bundled ``modeling_ropekit.py`` installs the same hook, so ``trust_remote_code`` loading matches.
+    """
+    rope = getattr(text_config(model), "rope_parameters", None) or {}
+    entries = [rope] if "rope_type" in rope else [v for v in rope.values() if isinstance(v, dict)]
+    if any(entry.get("rope_type") == "dynamic" for entry in entries) and not getattr(model, "_ropekit_stateless_rope", False):
+        model.register_forward_pre_hook(_rebuild_before_forward)
+        model._ropekit_stateless_rope = True
+
+
 def _route_params(methods, params: dict) -> dict[str, dict]:
     """Give each method its parameters; every given parameter must belong to exactly one method."""
     routed = {m.name: {} for m in methods}
@@ -223,6 +241,7 @@ def extend(model, method: str | list[str], target_length: int | str | None = Non
     }
     if plan.rope_parameters is not None:
         rebuild_rotary(model)
+        stateless_dynamic_rope(model)
     if plan.attention:
         attention.install(model)
     return model
@@ -239,6 +258,7 @@ def restore(model):
         raise RopekitError(f"this checkpoint was written by a newer ropekit ({record.get('ropekit_version')})", "upgrade ropekit")
     if record.get("attention"):
         attention.install(model)
+    stateless_dynamic_rope(model)
     return model
 
 

@@ -51,18 +51,36 @@ def _quiet_transformers():
 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
-    """Load a GGUF file through transformers (dequantised to plain layers); returns ``(model, tokenizer)``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a GGUF file through transformers (dequantised to plain layers); returns ``(model, tokenizer)``.
+
+    RoPE scaling is read from the file's keys (``<arch>.rope.scaling.*``, ``rope_freqs``) by ropekit, since
+    transformers restores only the base; a scaling type transformers cannot express is refused.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path).expanduser()
     try:
         import gguf  # noqa: F401
     except ImportError:
         raise RopekitError("loading a .gguf file needs the 'gguf' package", "pip install gguf") from None
+    from .export.gguf_rope import read_gguf_rope
+
+    try:
+        rope = read_gguf_rope(path)  # refuses rope scaling it cannot express, before the (slow) load
+    except RopekitError:
+        raise
+    except (ValueError, OSError, KeyError, IndexError) as err:
+        raise RopekitError(f"could not load the GGUF file {path} ({str(err).splitlines()[0][:200]})",
+                           "pass a valid .gguf file, or a directory with config.json and .safetensors") from None
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+            config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+            # transformers' GGUF loader maps rope.freq_base but drops rope scaling for llama-family files: restore it
+            config.rope_parameters = rope["rope_parameters"]
+            if rope["record"] is not None:
+                config.ropekit = rope["record"]
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, config=config, dtype=dtype)
     except (ValueError, OSError, KeyError) as err:
         raise RopekitError(f"transformers could not load the GGUF file {path} ({str(err).splitlines()[0][:200]})",
                            "pass a GGUF of a supported architecture, or a directory with config.json and .safetensors") from None
@@ -130,9 +148,10 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
         kwargs = {"dtype": target_dtype, "use_safetensors": True}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        kwargs.update(_bundled_config(source, kind))
         try:
             with _quiet_transformers():
-                tokenizer = _load_tokenizer(source, kind)
+                tokenizer = _load_tokenizer(source, kind, kwargs.get("config"))
                 model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except OSError as err:
             if kind == "hub":
@@ -156,22 +175,47 @@ def load_model(name_or_path: str | Path = DEFAULT_MODEL, *, dtype: str | torch.d
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _load_tokenizer(source, kind: str):
+def _load_tokenizer(source, kind: str, config=None):
     """The checkpoint's tokenizer, or None for a weights-only directory (e.g. a tiny test model)."""
     from transformers import AutoTokenizer
 
     if kind == "dir" and not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
         return None
-    return AutoTokenizer.from_pretrained(source)
+    # a given config keeps AutoTokenizer from loading config.json itself (a bundled checkpoint's asks for remote code)
+    return AutoTokenizer.from_pretrained(source, **({"config": config} if config is not None else {}))
 
 
 def save_model(model, tokenizer, output_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """``save_pretrained`` for model and tokenizer into a new directory (refuses to overwrite unless asked)."""
+    """``save_pretrained`` for model and tokenizer into a new directory (refuses to overwrite unless asked).
+
+    A model whose extension needs ropekit at run time (an attention side, dynamic NTK) is saved self-contained: its
+    directory carries ropekit's modeling code for ``trust_remote_code=True`` (see :mod:`ropekit.export.bundle`).
+    """
+    from .export.bundle import bundle_checkpoint, check_bundle_supported
+
     out = Path(output_dir).expanduser()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise RopekitError(f"output directory {out} exists and is not empty", "choose a new directory or pass overwrite=True (CLI: --overwrite)")
+    check_bundle_supported(model.config.to_dict())
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    bundle_checkpoint(out)
     return out
+
+
+def _bundled_config(source, kind: str) -> dict:
+    """``{"config": …}`` for a self-contained ropekit checkpoint (loaded as the stock transformers class, with
+    ropekit's own attention code instead of the bundled copy), else ``{}``."""
+    if kind != "dir":
+        return {}
+    import json
+
+    from .export.bundle import is_bundled, load_config
+
+    try:
+        config = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}  # transformers reports the broken file
+    return {"config": load_config(source)} if is_bundled(config) else {}

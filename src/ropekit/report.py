@@ -14,12 +14,16 @@ import json
 from pathlib import Path
 
 from .errors import RopekitError
+from .eval.merge import find_result_sets, load_merged
 from .eval.runner import format_score, score_of
 from .lengths import format_length
 
 
 def load_results(directory: str | Path) -> dict:
+    """``DIR/results.json``, or — for a study run in slices — every ``DIR/<slice>/results.json`` merged into one."""
     path = Path(directory).expanduser()
+    if path.is_dir() and not (path / "results.json").is_file() and find_result_sets(path):
+        return load_merged(path)
     path = path / "results.json" if path.is_dir() else path
     if not path.is_file():
         raise RopekitError(f"no results.json in {directory}", "pass the --output directory of `ropekit eval` or `ropekit compare`")

@@ -1,21 +1,23 @@
 """``ropekit study``: every method under the same budget on one base model, then one evaluation — a miniature of
 the EABF and CREAM papers' tables, reproducible by one command.
 
-Recipe, top to bottom: for each fine-tuned run of the preset, ``ropekit.train`` into ``DIR/runs/<label>`` (skipped
-when already there, so an interrupted study resumes) → one ``ropekit compare`` over the training-free rows and every
-trained checkpoint (``DIR/eval``, cached per task and length) → the report (``DIR/eval/report.html``) → ``DIR/study.md``
-with the goals checked against the measured numbers.
+A preset's rows are grouped into named **slices** (``headline``, ``training-free``, …), each small enough to train
+and evaluate in one short GPU window. Recipe for one slice, top to bottom: for each fine-tuned row,
+``ropekit.train`` into ``DIR/<slice>/runs/<label>`` (skipped when already there, so an interrupted study resumes) →
+one evaluation of the slice's rows (``DIR/<slice>/eval``, cached per task and length) → ``DIR/<slice>/results.json``
+(each run with its training summary and loss log; a re-run row replaces its old entry). Then every slice found under
+``DIR`` is merged into one report (``DIR/report.html``, ``DIR/report.md``, ``DIR/plots/``) and ``DIR/study.md``
+with the goals checked against the merged numbers. Without ``--slice`` every slice runs in turn.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import RopekitError
-from .lengths import format_length
+from .lengths import format_length, parse_length
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,18 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Slice:
+    """Rows of a preset that run together and write their own ``results.json`` (``DIR/<name>/``); ``lengths`` and
+    ``tasks`` default to the preset's."""
+
+    name: str
+    description: str
+    labels: tuple[str, ...]
+    lengths: tuple[int, ...] | None = None
+    tasks: dict | None = None
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     description: str
@@ -38,14 +52,20 @@ class Preset:
     lengths: tuple[int, ...]
     tasks: dict
     common: dict  # TrainOptions shared by every trained run
+    slices: tuple[Slice, ...] = ()  # rows in no slice form one more, named "other" ("all" when there are no slices)
 
 
 # The budget: EABF-style runs get 100 synthetic conversations at the target length, 2 epochs, batch 32 (6 steps, like
 # the paper's 100-sample row). Runs trained at the native 8K (CREAM, PoSE) get the same number of tokens: 4× (32K) or
 # 8× (64K) as many 8K samples over the same 6 steps. lr 2e-4: the paper's 2e-5 was chosen for 7B; on this 135M model
 # 2e-4 is the first lever (shared/anchors.md).
-_GPU_COMMON = {"learning_rate": 2e-4, "precision": "bf16", "micro_batch_size": 1, "batch_size": 32, "save_steps": 1000}
+# save_steps 2: a run cut by a device call's time limit resumes from its last checkpoint in the next call.
+_GPU_COMMON = {"learning_rate": 2e-4, "precision": "bf16", "micro_batch_size": 1, "batch_size": 32, "save_steps": 2}
 _FT = {"samples": 100, "epochs": 2}
+# Positions of the gold item for KV retrieval and LongChat-Lines: both ends (the U-shape) and three points in the middle
+# third, where CREAM claims to beat PoSE ("lost in the middle").
+_MIDDLE_THIRD = [0.375, 0.5, 0.625]
+_POSITIONS = [0.0, *_MIDDLE_THIRD, 1.0]
 
 
 def _eabf_style(label, method, target):
@@ -75,14 +95,42 @@ PRESETS = {
         (
             Run("none", "none", "64k", train=False), Run("dynamic-free", "dynamic", "64k", train=False),
             Run("yarn-free", "yarn", "64k", train=False), Run("eabf-free", "eabf", "64k", train=False),
+            Run("yarn-logscale-free", "yarn+logscale", "64k", train=False), Run("self-extend-free", "self_extend", "64k", train=False),
             *[_eabf_style(f"{m}-{t}", m, t) for t in ("32k", "64k") for m in ("linear", "ntk", "yarn", "abf", "eabf")],
             *[_native(f"{s}-{m}-{t}", m, t, s, f) for t, f in (("32k", 4), ("64k", 8)) for s in ("cream", "pose") for m in ("linear", "yarn")],
             *[_longrecipe(f"longrecipe-{m}-{t}", m, t, f) for t, f in (("32k", 4), ("64k", 8)) for m in ("linear", "yarn")],
+            # Beyond the paper, measured next to eabf-32k under the same budget:
+            _eabf_style("yarn-logscale-32k", "yarn+logscale", "32k"),
+            # EABF with the layers chosen by the entropy probe goes here, one line, once that option exists, e.g.:
+            # Run("eabf-entropy-32k", "eabf", "32k", options={**_FT, "method_params": {"layers": "entropy"}}),
+            # and add "eabf-entropy-32k" to the finetuned-32k slice below.
         ),
         (4096, 8192, 16384, 32768, 65536),
         {"passkey": {"trials": 20, "batch_size": 4}, "niah": {"trials": 1, "batch_size": 5}, "ppl": {"windows": 3},
-         "lines": {"trials": 4}, "kv": {"trials": 4}, "entropy": {"documents": 2}},
+         "lines": {"trials": 4, "positions": _POSITIONS}, "kv": {"trials": 4, "positions": _POSITIONS}, "entropy": {"documents": 2}},
         _GPU_COMMON,
+        (
+            Slice("headline", "EABF fine-tuned at 32K (100 samples, 6 steps) and CREAM-YaRN trained at 8K for 64K, at "
+                  "16K/32K/64K: passkey 20 trials, 3 PPL windows, NIAH 10 depths, KV retrieval in the middle third",
+                  ("eabf-32k", "cream-yarn-64k"), (16384, 32768, 65536),
+                  {"passkey": {"trials": 20, "batch_size": 4}, "ppl": {"windows": 3}, "niah": {"trials": 1, "batch_size": 5},
+                   "kv": {"trials": 4, "positions": _MIDDLE_THIRD}}),
+            Slice("training-free", "no training: the original, dynamic NTK, YaRN, the EABF formula, YaRN + log scale",
+                  ("none", "dynamic-free", "yarn-free", "eabf-free", "yarn-logscale-free")),
+            # Self-Extend runs its own fp32 attention (two full S×S logit matrices per layer): ~6 s per 32K forward and
+            # ~24 s per 64K forward on one H100 (estimated, benchmarks/gpu/plan.py), so it gets 4K-32K and the core tasks.
+            Slice("self-extend", "Self-Extend, training-free, at 4K-32K: passkey 20 trials, NIAH 10 depths, 3 PPL windows",
+                  ("self-extend-free",), (4096, 8192, 16384, 32768),
+                  {"passkey": {"trials": 20, "batch_size": 4}, "niah": {"trials": 1, "batch_size": 5}, "ppl": {"windows": 3}}),
+            Slice("finetuned-32k", "fine-tuned at 32K with the EABF paper's budget (100 samples, 6 steps): PI, NTK, YaRN, ABF, "
+                  "and YaRN + log scale next to eabf-32k (in the headline slice)",
+                  ("linear-32k", "ntk-32k", "yarn-32k", "abf-32k", "yarn-logscale-32k")),
+            Slice("rest-64k", "fine-tuned at 64K (PI, NTK, YaRN, ABF, EABF); CREAM and PoSE trained at 8K: with PI for 64K, "
+                  "PoSE-YaRN for 64K (CREAM-YaRN's comparison), and the 32K rows; LongRecipe (PI, YaRN) at PoSE's stage-0 budget",
+                  ("linear-64k", "ntk-64k", "yarn-64k", "abf-64k", "eabf-64k", "cream-linear-64k", "pose-linear-64k", "pose-yarn-64k",
+                   "cream-linear-32k", "cream-yarn-32k", "pose-linear-32k", "pose-yarn-32k",
+                   "longrecipe-linear-32k", "longrecipe-yarn-32k", "longrecipe-linear-64k", "longrecipe-yarn-64k")),
+        ),
     ),
     "smollm2-cpu-smoke": Preset(
         "smollm2-cpu-smoke", "the same pipeline at CPU scale: 16K targets, training at 1K tokens for 2 steps on 4 samples, "
@@ -112,83 +160,243 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def preset_slices(preset: Preset) -> list[Slice]:
+    """The preset's slices, plus one named ``other`` with the rows no slice lists (``all`` when there are no slices)."""
+    listed = {label for s in preset.slices for label in s.labels}
+    rest = tuple(r.label for r in preset.runs if r.label not in listed)
+    extra = [Slice("all" if not preset.slices else "other", "every row of the preset" if not preset.slices
+                   else "rows not listed in a slice", rest)] if rest else []
+    return [*preset.slices, *extra]
+
+
+def get_slice(preset: Preset, name: str) -> Slice:
+    slices = preset_slices(preset)
+    for candidate in slices:
+        if candidate.name == name:
+            return candidate
+    raise RopekitError(f"preset {preset.name} has no slice {name!r}", f"use one of: {', '.join(s.name for s in slices)}")
+
+
 def study(preset: str = "smollm2-64k", output: str | Path = "ropekit-study", device: str = "auto", only: list[str] | None = None,
-          progress: bool = True) -> dict:
-    """Run (or resume) a preset; returns the evaluation results (also in ``output/eval/results.json``)."""
-    from .eval.runner import RunSpec, evaluate
-    from .report import render
+          progress: bool = True, slice_name: str | None = None, report_only: bool = False, train_only: bool = False) -> dict | None:
+    """Run (or resume) one slice of a preset (``slice_name``), or every slice in turn; then merge every slice found in
+    ``output`` into the report and ``study.md``. ``only``: run just these rows (of the slice). ``report_only``: run
+    nothing, only merge and render. ``train_only``: train the rows and stop (None is returned); a later run evaluates
+    them. Returns the merged results."""
+    chosen = get_preset(preset)
+    out = Path(output).expanduser()
+    if not report_only:
+        slices = [get_slice(chosen, slice_name)] if slice_name else preset_slices(chosen)
+        if only:
+            allowed = {label for s in slices for label in s.labels}
+            missing = [label for label in only if label not in allowed]
+            if missing:
+                where = f"slice {slice_name}" if slice_name else f"preset {preset}"
+                raise RopekitError(f"{where} has no run {missing[0]!r}", f"choose from: {', '.join(sorted(allowed))}")
+            slices = [s for s in slices if set(s.labels) & set(only)]
+        for part in slices:
+            run_slice(chosen, part, out / part.name, device=device, only=only, progress=progress, train_only=train_only)
+    return None if train_only else write_report(chosen, out)
+
+
+def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto", only: list[str] | None = None,
+              progress: bool = True, train_only: bool = False) -> dict | None:
+    """Train the slice's rows that are not trained yet (continuing from a checkpoint an interrupted run left), evaluate
+    them, and add them to ``directory/results.json``."""
+    from .eval.merge import merge_results
+    from .eval.runner import RunSpec, _write_json, evaluate
     from .train import TrainOptions, train
 
-    chosen = get_preset(preset)
-    runs = [r for r in chosen.runs if not only or r.label in only]
-    if only and len(runs) != len(only):
-        missing = sorted(set(only) - {r.label for r in runs})
-        raise RopekitError(f"preset {preset} has no run {missing[0]!r}", f"choose from: {', '.join(r.label for r in chosen.runs)}")
-    out = Path(output).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    runs = [r for r in preset.runs if r.label in part.labels and (not only or r.label in only)]
     for run in runs:
-        if not run.train:
+        target_dir = directory / "runs" / run.label
+        if not run.train or (target_dir / "training_summary.json").exists():
             continue
-        target_dir = out / "runs" / run.label
-        if (target_dir / "training_summary.json").exists():
-            timings[run.label] = json.loads((target_dir / "training_summary.json").read_text())["seconds"]
-            continue
-        options = {**chosen.common, **run.options}
-        summary = train(TrainOptions(model=chosen.model, method=run.method, target_length=run.target, output=target_dir,
-                                     recipe=run.recipe, strategy=run.strategy, device=device, progress=progress,
-                                     overwrite=True, **options))
-        timings[run.label] = summary["seconds"]
-    specs = [RunSpec(chosen.model, None if r.method == "none" else r.method, {}, r.target, label=r.label) if not r.train
-             else RunSpec(str(out / "runs" / r.label), label=r.label) for r in runs]
-    started = time.time()
-    results = evaluate(specs, chosen.tasks, list(chosen.lengths), out / "eval", device=device, kind="study", progress=progress)
-    render(out / "eval")
-    (out / "study.md").write_text(summary_markdown(chosen, results, timings, time.time() - started))
+        options = {**preset.common, **run.options}
+        resume = any(target_dir.glob("checkpoint-*"))
+        train(TrainOptions(model=preset.model, method=run.method, target_length=run.target, output=target_dir, recipe=run.recipe,
+                           strategy=run.strategy, device=device, progress=progress, overwrite=not resume, resume=resume, **options))
+    if train_only:
+        return None
+    specs = [RunSpec(preset.model, None if r.method == "none" else r.method, {}, r.target, label=r.label) if not r.train
+             else RunSpec(str(directory / "runs" / r.label), label=r.label) for r in runs]
+    results = evaluate(specs, part.tasks or preset.tasks, list(part.lengths or preset.lengths), directory / "eval", device=device,
+                       kind="study", progress=progress)
+    results.pop("path", None)
+    for entry in results["runs"]:
+        entry["slice"] = part.name
+        summary = directory / "runs" / entry["label"] / "training_summary.json"
+        if summary.exists():
+            log = summary.with_name("training_log.jsonl")
+            entry["training"] = {**json.loads(summary.read_text()),
+                                 "log": [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []}
+    canonical = directory / "results.json"
+    if canonical.exists():  # rows run earlier (e.g. in another GPU window) stay; a re-run row replaces its old entry
+        results = merge_results([(part.name, json.loads(canonical.read_text())), (part.name, results)], replace=True)
+    results.update({"preset": preset.name, "slice": part.name})
+    _write_json(canonical, results)
     return results
+
+
+def write_report(preset: Preset, directory: str | Path) -> dict:
+    """Merge every ``directory/<slice>/results.json``; write the report (tables, plots) and ``study.md``."""
+    from .eval.merge import load_merged
+    from .report import render
+
+    directory = Path(directory).expanduser()
+    merged = load_merged(directory)
+    render(directory)
+    (directory / "study.md").write_text(summary_markdown(preset, merged))
+    merged["path"] = str(directory / "report.md")
+    return merged
+
+
+# ------------------------------------------------------------------------------------------------------ goal checks
+
+
+def _run(results, label):
+    return next((r for r in results["runs"] if r["label"] == label), None)
 
 
 def _score(results, label, task, length):
     from .eval.runner import score_of
 
-    run = next((r for r in results["runs"] if r["label"] == label), None)
+    run = _run(results, label)
     return None if run is None else score_of(run, task, length)
 
 
+def _fmt(value, digits: int = 0) -> str:
+    return "not run" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict(ok) -> str:
+    return "not measured yet" if ok is None else ("met" if ok else "**missed**")
+
+
+def _middle_third(results, label, task, length, positions=None):
+    """Mean accuracy over the gold positions in [1/3, 2/3] (restricted to ``positions`` when given)."""
+    run = _run(results, label)
+    data = (run or {}).get("results", {}).get(task, {}).get(str(length))
+    if not data:
+        return None, set()
+    middle = {p: v for p, v in data["positions"].items() if 1 / 3 <= float(p) <= 2 / 3 and (positions is None or p in positions)}
+    return (sum(middle.values()) / len(middle) if middle else None), set(middle)
+
+
+def _native_ppl(results):
+    return _score(results, "none", "ppl", 8192)
+
+
 def goal_checks(results: dict) -> list[str]:
-    """The issue's goals, checked against the numbers (missing rows or lengths are reported as not run)."""
+    """The goals of the 64K study, checked against the merged numbers; a row or length not measured yet says so."""
     lines = []
-    lengths = results["lengths"]
-    for target in ("32k", "64k"):
-        label = f"eabf-{target}"
+    native_ppl = _native_ppl(results)
+    for label in ("eabf-32k", "eabf-64k"):
+        run = _run(results, label)
+        if run is None:
+            lines.append(f"- **{label}**: not run yet")
+            continue
+        checks = []
         for n in (16384, 32768, 65536):
-            if n in lengths:
-                pk, niah = _score(results, label, "passkey", n), _score(results, label, "niah", n)
-                lines.append(f"- {label} passkey @{format_length(n)} = {pk if pk is not None else 'not run'} (goal 100); "
-                             f"NIAH mean = {niah if niah is not None else 'not run'} (goal 100, all cells)")
-    if 65536 in lengths and 8192 in lengths:
-        ppl64, ppl8 = _score(results, "eabf-64k", "ppl", 65536), _score(results, "none", "ppl", 8192)
-        lines.append(f"- eabf-64k PPL @64K = {ppl64} vs original @8K = {ppl8} (goal: ≤)")
-    for m in ("linear", "yarn"):
-        c, p = _score(results, f"cream-{m}-32k", "passkey", 32768), _score(results, f"pose-{m}-32k", "passkey", 32768)
-        if c is not None or p is not None:
-            lines.append(f"- cream-{m}-32k passkey @32K = {c} (goal ≥ 95); pose-{m}-32k = {p}")
-    return lines or ["- (this preset's lengths do not cover the goals)"]
+            pk = _score(results, label, "passkey", n)
+            cells = (run["results"].get("niah", {}).get(str(n)) or {}).get("depths")
+            worst = min(cells.values()) if cells else None
+            checks.append(f"passkey @{format_length(n)} {_fmt(pk)} (goal 100: {_verdict(None if pk is None else pk >= 100)}); "
+                          f"worst NIAH cell {_fmt(worst)} (goal ≥ 90: {_verdict(None if worst is None else worst >= 90)})")
+        ppl = _score(results, label, "ppl", 65536)
+        ok = None if ppl is None or native_ppl is None else ppl <= native_ppl
+        checks.append(f"PPL @64K {_fmt(ppl, 1)} vs the original's @8K {_fmt(native_ppl, 1)} (goal ≤: {_verdict(ok)})")
+        training = run.get("training") or {}
+        if training:
+            gpu = "CUDA" in run.get("environment", {}).get("device", "")
+            within = training["seconds"] <= 600 if gpu else None
+            checks.append(f"training {training['seconds']:.0f} s on {run['environment']['device']} "
+                          f"(goal ≤ 10 GPU-minutes: {_verdict(within) if gpu else 'not a GPU run'})")
+        lines.append(f"- **{label}**: " + "; ".join(checks))
+    for target in ("64k", "32k"):
+        for method in ("yarn", "linear"):
+            cream, pose = f"cream-{method}-{target}", f"pose-{method}-{target}"
+            if _run(results, cream) is None:
+                continue
+            checks = []
+            for n in (32768, 65536):
+                pk = _score(results, cream, "passkey", n)
+                checks.append(f"passkey @{format_length(n)} {_fmt(pk)} (goal ≥ 95: {_verdict(None if pk is None else pk >= 95)})")
+            for task in ("kv", "lines"):
+                n = parse_length(target)
+                _, cream_positions = _middle_third(results, cream, task, n)
+                _, pose_positions = _middle_third(results, pose, task, n)
+                common = cream_positions & pose_positions
+                c, _ = _middle_third(results, cream, task, n, common)
+                p, _ = _middle_third(results, pose, task, n, common)
+                if c is not None or p is not None:
+                    ok = None if c is None or p is None else c >= p
+                    checks.append(f"{task} middle third @{format_length(n)} {_fmt(c)} vs {pose} {_fmt(p)} (goal ≥: {_verdict(ok)})")
+            lines.append(f"- **{cream}**: " + "; ".join(checks))
+    return lines
 
 
-def summary_markdown(preset: Preset, results: dict, timings: dict, eval_seconds: float) -> str:
+def ordering_table(results: dict) -> list[str]:
+    """The papers' ordering in miniature — fine-tuned EABF ≥ ABF > PI, YaRN — at 4× (32K) and 8× (64K), checked."""
+    lines = ["| target | metric | eabf | abf | linear (PI) | yarn | EABF ≥ ABF > PI, YaRN |", "|---|---|---|---|---|---|---|"]
+    for target, factor in (("32k", "4×"), ("64k", "8×")):
+        n = parse_length(target)
+        for task, better in (("passkey", max), ("ppl", min)):
+            values = {m: _score(results, f"{m}-{target}", task, n) for m in ("eabf", "abf", "linear", "yarn")}
+            if any(v is None for v in values.values()):
+                verdict = "not measured yet"
+            else:
+                def beats(a, b, strict):
+                    return (a > b if strict else a >= b) if better is max else (a < b if strict else a <= b)
+                verdict = "confirmed" if (beats(values["eabf"], values["abf"], False) and beats(values["abf"], values["linear"], True)
+                                          and beats(values["abf"], values["yarn"], True)) else "refuted"
+            digits = 1 if task == "ppl" else 0
+            lines.append(f"| {target} ({factor}) | {task} @{format_length(n)} | " + " | ".join(_fmt(values[m], digits) for m in values)
+                         + f" | {verdict} |")
+    return lines
+
+
+def beyond_table(results: dict) -> list[str]:
+    """Beyond the paper: YaRN + log scale (and EABF on the layers the entropy probe picks) next to EABF, at 32K."""
+    labels = [label for label in ("eabf-32k", "yarn-logscale-32k", "eabf-entropy-32k", "eabf-free", "yarn-logscale-free")
+              if _run(results, label) is not None]
+    if not labels:
+        return ["not measured yet"]
+    lengths = (16384, 32768, 65536)
+    lines = ["| run | " + " | ".join(f"passkey {format_length(n)}" for n in lengths) + " | "
+             + " | ".join(f"PPL {format_length(n)}" for n in lengths) + " |", "|---|" + "---|" * 2 * len(lengths)]
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(_fmt(_score(results, label, "passkey", n)) for n in lengths) + " | "
+                     + " | ".join(_fmt(_score(results, label, "ppl", n), 1) for n in lengths) + " |")
+    return lines
+
+
+def summary_markdown(preset: Preset, results: dict) -> str:
     env = results["environment"]
+    measured = {r["label"]: r for r in results["runs"]}
     lines = [f"# Study `{preset.name}`", "", preset.description + ".", "",
              f"- device: {env['device']}; torch {env['torch']}, transformers {env['transformers']}, ropekit {env['ropekit']}",
-             f"- command: `{env['command']}`", f"- evaluation wall time: {eval_seconds:.0f} s; training wall time per run (s): "
-             + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "", "## Runs", "",
-             "| label | method | target | trained | recipe | strategy | options |", "|---|---|---|---|---|---|---|"]
+             f"- commands: `{env['command']}`", f"- evaluation wall time (all slices): {results.get('seconds', 0):.0f} s", "",
+             "## Slices", "", "| slice | rows | measured | not run yet |", "|---|---|---|---|"]
+    for part in preset_slices(preset):
+        done = [label for label in part.labels if label in measured]
+        todo = [label for label in part.labels if label not in measured]
+        lines.append(f"| {part.name} | {len(part.labels)} | {', '.join(done) or '-'} | {', '.join(todo) or '-'} |")
+    lines += ["", "## Runs", "", "| label | slice | method | target | trained | recipe | strategy | options | training s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for run in preset.runs:
-        lines.append(f"| {run.label} | {run.method} | {run.target} | {run.train} | {run.recipe if run.train else '-'} | "
-                     f"{run.strategy if run.train else '-'} | `{json.dumps({**preset.common, **run.options}) if run.train else ''}` |")
-    lines += ["", "## Goals", "", *goal_checks(results), "", "Tables and plots: `eval/report.html` / `eval/report.md`.", ""]
+        entry = measured.get(run.label, {})
+        seconds = (entry.get("training") or {}).get("seconds")
+        lines.append(f"| {run.label} | {entry.get('slice', '-')} | {run.method} | {run.target} | {run.train} | "
+                     f"{run.recipe if run.train else '-'} | {run.strategy if run.train else '-'} | "
+                     f"`{json.dumps({**preset.common, **run.options}) if run.train else ''}` | {_fmt(seconds)} |")
+    lines += ["", "## Goals", "", *goal_checks(results), "", "## The papers' ordering in miniature (checked, not required)", "",
+              *ordering_table(results), "", "## Beyond the paper", "", *beyond_table(results), "",
+              "Tables and plots of every task: `report.md` / `report.html` (all slices merged).", ""]
     return "\n".join(lines)
 
 
 def preset_table(name: str) -> list[dict]:
-    return [asdict(r) for r in get_preset(name).runs]
+    preset = get_preset(name)
+    where = {label: part.name for part in preset_slices(preset) for label in part.labels}
+    return [{**asdict(r), "slice": where[r.label]} for r in preset.runs]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from .extension import extend, native_length_of, text_config
 from .lengths import parse_length
 from .memory import make_chunked_loss, tile_mlp, untile_mlp
 from .models import load_model
+from .parallel import check_launch, fallback_note, layout, read_launch
 from .positions import check_params, get_strategy, sentence_end_ids
 from .training import EpochCallback, LossLog, RopekitTrainer, TrainingSet, collate, collate_padded, get_recipe
 
@@ -192,9 +194,10 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     if train_length > target:
         raise RopekitError(f"training length {train_length} exceeds the target {target}", "train at most at the target length")
 
-    context_parallel = int(os.environ.get("PARALLELISM_CONFIG_CP_SIZE", "1"))  # set by accelerate's CP configs
-    if context_parallel > 1:
-        options = replace(options, pack=False)  # CP supports causal masks only: one document per row
+    launch = read_launch()  # what `accelerate launch` asked for: refuse what it cannot serve, say what is adjusted
+    options, launch_notes = check_launch(launch, model, options, on_gpu=next(model.parameters()).device.type == "cuda")
+    _say(launch_notes)
+    context_parallel = launch.context_parallel
     rows, report = prepare_rows(options, recipe, tokenizer, strategy, train_length)
     dataset = TrainingSet(rows, strategy, train_length, target, seed=options.seed, params=strategy_params,
                           sentence_ends=sentence_end_ids(tokenizer) if strategy == "longrecipe" else None)
@@ -216,7 +219,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     use_liger = options.liger == "on" or (options.liger == "auto" and on_gpu and importlib.util.find_spec("liger_kernel") is not None)
     if use_liger:
         args.use_liger_kernel = True
-    chunked = options.chunked_loss and not use_liger and context_parallel == 1
+    chunked = options.chunked_loss and not use_liger
     if chunked:  # ask the model for hidden states instead of logits; the loss runs in chunks
         collator = partial(_with_hidden_states, collator)
     if options.tile_mlp:
@@ -225,6 +228,9 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
                              callbacks=[EpochCallback(dataset), log, *(callbacks or [])],
                              compute_loss_func=make_chunked_loss(model, options.loss_chunk) if chunked else None,
                              offload_activations=options.offload_activations)
+    parallel = layout(trainer.accelerator)
+    fallback = fallback_note(launch, parallel)
+    _say([fallback] if fallback else [])
     result = trainer.train(resume_from_checkpoint=True if options.resume else None)
 
     if options.lora_r:
@@ -241,6 +247,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
         "train_loss": result.training_loss, "tokens_seen": trainer.state.num_input_tokens_seen,
         "seconds": round(time.time() - started, 1), "precision": precision, "world_size": world,
         "main_process": trainer.is_world_process_zero(), "context_parallel": context_parallel,
+        "parallel": {**parallel, "adjustments": launch_notes + ([fallback] if fallback else [])},
         "memory": {"chunked_loss": chunked, "liger": use_liger, "tile_mlp": options.tile_mlp, "offload_activations": options.offload_activations},
     }
     if options.lora_r:
@@ -250,8 +257,17 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     else:
         trainer.save_model(str(out))  # gathers DeepSpeed ZeRO-3 / FSDP shards; writes on the main process
     if trainer.is_world_process_zero():
+        from .export.bundle import bundle_checkpoint
+
+        bundle_checkpoint(out)  # an attention-side/dynamic extension carries its modeling code (docs/serving.md)
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _say(lines: list[str]) -> None:
+    """Print what ropekit adjusts for the launch, once (main process), on stderr."""
+    for line in lines if is_main_process() else []:
+        print(f"ropekit: {line}", file=sys.stderr, flush=True)
 
 
 def _with_hidden_states(collator, rows):

@@ -38,10 +38,23 @@ KV_INTRO = "Extract the value corresponding to the specified key in the JSON obj
 KV_QUESTION = '\n\nKey: "{key}"\nCorresponding value: "'
 
 
-def _fit(task: str, count_tokens, low: int, high: int, length: int) -> int:
-    """Largest record count n in [low, high] with count_tokens(n) ≤ length (binary search; count_tokens grows with n)."""
+def _fit(task: str, count_tokens, low: int, high: int, length: int, guess: int | None = None) -> int:
+    """Largest record count n in [low, high] with count_tokens(n) ≤ length (count_tokens grows with n): a binary
+    search, first bracketed around ``guess`` when one is given (fewer calls of an expensive count, same answer)."""
     if count_tokens(low) > length:
         raise RopekitError(f"{task}: length {length} is too short ({count_tokens(low)} tokens minimum)", "use a longer length")
+    if guess is not None and low < guess < high:
+        step = max(1, guess // 64)
+        if count_tokens(guess) <= length:  # move the lower bound up to the guess, find an upper bound above it
+            low, probe = guess, guess + step
+            while probe < high and count_tokens(probe) <= length:
+                low, probe, step = probe, probe + 2 * step, 2 * step
+            high = min(high, probe)
+        else:  # the guess overshoots: find a lower bound below it
+            high, probe = guess - 1, guess - step
+            while probe > low and count_tokens(probe) > length:
+                high, probe, step = probe - 1, probe - 2 * step, 2 * step
+            low = max(low, probe)
     while low < high:
         mid = (low + high + 1) // 2
         if count_tokens(mid) <= length:
@@ -53,16 +66,17 @@ def _fit(task: str, count_tokens, low: int, high: int, length: int) -> int:
 
 def lines_sample(tokenizer, length: int, position: float, rng: random.Random):
     encode = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
-    names, records = [], []
+    names, texts = [], []
     seen = set()
     while len(names) < length:  # more names than could ever fit
         name = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}-{rng.randint(10, 99)}"
         if name not in seen:
             seen.add(name)
             names.append(name)
-            records.append(encode(f"line {name}: REGISTER_CONTENT is <{rng.randint(1000, 50000)}>\n"))
+            texts.append(f"line {name}: REGISTER_CONTENT is <{rng.randint(1000, 50000)}>\n")
         if len(names) > length // 4:
             break
+    records = tokenizer(texts, add_special_tokens=False).input_ids  # one batched call, each record on its own
     intro = encode(LINES_INTRO)
 
     def build(n):
@@ -89,7 +103,12 @@ def kv_sample(tokenizer, length: int, position: float, rng: random.Random):
         key, value = pairs[gold]
         return encode(KV_INTRO + data + KV_QUESTION.format(key=key)), encode(value), key, value
 
-    n = _fit("kv", lambda k: sum(len(part) for part in render(k)[:2]), 2, len(pairs), length)
+    def count(k):
+        return sum(len(part) for part in render(k)[:2])
+
+    per_pair = (count(34) - count(2)) / 32 if len(pairs) > 34 else None  # tokens one more pair adds, for a first guess
+    guess = int((length - count(2)) / per_pair) + 2 if per_pair else None
+    n = _fit("kv", count, 2, len(pairs), length, guess)
     context, answer, key, value = render(n)
     return {"context": context, "answer": answer, "records": n, "gold": key, "value": value}
 

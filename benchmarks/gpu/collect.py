@@ -1,0 +1,85 @@
+"""Run HERE after a device call: file what came back where the project keeps it, then re-render the study report.
+
+    python benchmarks/gpu/collect.py FILES_AT [FILES_AT ...]      # the folder(s) holding what came back
+
+* ``results-<slice>.json`` / ``partial-<slice>.json`` → merged into ``docs/results/smollm2-64k/<slice>/results.json``
+  (a row measured again replaces its old entry; rows of a partial file are marked ``"partial": true``), then
+  ``ropekit study --report-only`` re-renders ``docs/results/smollm2-64k/{study.md,report.md,plots/}``;
+* ``<benchmark>-<gpu>.json`` → ``benchmarks/results/`` after a schema check (a resumed benchmark brings back the whole
+  file, earlier rows included);
+* ``*.log`` → ``benchmarks/results/logs/`` or ``docs/results/smollm2-64k/logs/``.
+Then commit those paths (never checkpoints: none come back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _common import REQUIRED_SUMMARY, validate  # noqa: E402
+
+PRESET = "smollm2-64k"
+
+
+def collect(folders: list[Path], study_dir: Path, bench_dir: Path, render: bool = True) -> list[str]:
+    from ropekit.eval.merge import merge_results
+    from ropekit.eval.runner import _write_json
+
+    done, study_changed = [], False
+    for path in sorted(p for folder in folders for p in Path(folder).iterdir() if p.is_file()):
+        name = path.name
+        if name.startswith(("results-", "partial-")) and name.endswith(".json"):
+            slice_name = name.split("-", 1)[1].removesuffix(".json")
+            new = json.loads(path.read_text())
+            if name.startswith("partial-"):
+                for run in new["runs"]:
+                    run["partial"] = True
+            target = study_dir / slice_name / "results.json"
+            sets = ([(slice_name, json.loads(target.read_text()))] if target.exists() else []) + [(slice_name, new)]
+            merged = merge_results(sets, replace=True)
+            merged.update({"preset": PRESET, "slice": slice_name})
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(target, merged)
+            done.append(f"{name} → {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target} "
+                        f"({', '.join(r['label'] for r in new['runs'])})")
+            study_changed = True
+        elif name.endswith(".json") and name.split("-", 1)[0] in REQUIRED_SUMMARY:
+            data = json.loads(path.read_text())
+            problems = validate(data)
+            bench_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, bench_dir / name)
+            done.append(f"{name} → {bench_dir / name}" + (f" (schema problems: {'; '.join(problems)})" if problems else ""))
+        elif name.endswith(".log"):
+            logs = (study_dir if name.startswith(("study-", "stage-")) else bench_dir) / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, logs / name)
+            done.append(f"{name} → {logs / name}")
+        else:
+            done.append(f"{name}: not recognised, left where it is")
+    if study_changed and render:
+        from ropekit.study import get_preset, write_report
+
+        write_report(get_preset(PRESET), study_dir)
+        done.append(f"re-rendered {study_dir / 'study.md'} and {study_dir / 'report.md'}")
+    return done
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--study-dir", type=Path, default=ROOT / "docs" / "results" / PRESET)
+    parser.add_argument("--bench-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--no-render", action="store_true", help="file the results without re-rendering the report")
+    args = parser.parse_args(argv)
+    for line in collect(args.folders, args.study_dir, args.bench_dir, render=not args.no_render):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""One device call of the 64K study: train and evaluate one slice (or some of its rows), then copy what comes back.
+
+    python benchmarks/gpu/study_call.py --slice headline --only eabf-32k --output /root/study --bring-back $OUT
+    python benchmarks/gpu/study_call.py --smoke --slice headline --output /tmp/s --bring-back /tmp/out   # CPU dry run
+
+A checkpoint never leaves the GPU machine: every row is trained and evaluated in the same call, and only the slice's
+``results.json`` (scores, training summary and loss log of every row) comes back, as ``BRING_BACK/results-<slice>.json``.
+If the call is stopped by its time limit, the rows evaluated so far come back as ``partial-<slice>.json`` (the
+evaluation's own file, rewritten after every step).
+
+``--smoke`` runs the same slice of the same preset — the same rows, methods, strategies, recipes and task set — on
+a tiny random model with a byte-level tokenizer, short lengths, one training step and one trial per cell, so every
+row's configuration is exercised on a CPU in seconds before GPU minutes are spent on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+PRESET = "smollm2-64k"
+
+
+def smoke_preset(preset, folder: Path):
+    """The preset at toy scale: identical labels, methods, strategies, recipes, slices and task sets; a tiny model,
+    its data files, lengths of a few hundred tokens, one step, one trial."""
+    from ropekit.lengths import parse_length
+    from ropekit.study import Preset, Run, Slice
+    from ropekit.testing import save_tiny_checkpoint, tiny_tokenizer
+
+    model = folder / "tiny-model"
+    if not (model / "config.json").exists():
+        save_tiny_checkpoint(model, vocab_size=len(tiny_tokenizer()))
+    text, chat = folder / "text.txt", folder / "chat.jsonl"
+    text.write_text(" ".join(f"Word{i % 50} follows word{i % 7}." for i in range(3000)))
+    chat.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"Remember the number {i}. " + "Filler sentence. " * 20 + "Which number?"},
+        {"role": "assistant", "content": f"{i}."}]}) + "\n" for i in range(4)))
+    scale = 8192 // 64  # SmolLM2's native window over the tiny model's
+
+    def tiny_run(run: Run) -> Run:
+        target = str(parse_length(run.target) // scale)
+        if not run.train:
+            return dataclasses.replace(run, target=target)
+        native_trained = run.strategy != "contiguous"
+        options = {**run.options, "samples": 2 if native_trained else None, "max_steps": 1, "batch_size": 2, "warmup_steps": 0,
+                   "data": str(text if native_trained else chat)}
+        options = {k: v for k, v in options.items() if v is not None and k != "epochs"}
+        return dataclasses.replace(run, target=target, options=options)
+
+    def tiny_tasks(tasks: dict) -> dict:
+        small = {"passkey": {"trials": 1}, "niah": {"depths": [0.0, 1.0], "haystack": str(text)},
+                 "ppl": {"windows": 1, "tail": 32, "source": str(text)}, "kv": {"trials": 1, "positions": [0.5]},
+                 "lines": {"trials": 1, "positions": [0.5]}, "entropy": {"documents": 1, "queries": 16, "source": str(text)}}
+        return {name: small.get(name, options) for name, options in tasks.items()}
+
+    lengths = (700, 800)  # LongChat-Lines needs about 650 byte-level tokens
+    return Preset(f"{preset.name}-smoke", f"{preset.description} (toy scale)", str(model), tuple(tiny_run(r) for r in preset.runs),
+                  lengths, tiny_tasks(preset.tasks), {**preset.common, "precision": "fp32", "save_steps": 1000},
+                  tuple(Slice(s.name, s.description, s.labels, lengths if s.lengths else None, tiny_tasks(s.tasks) if s.tasks else None)
+                        for s in preset.slices))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slice", required=True)
+    parser.add_argument("--only", default=None, help="comma-separated labels of the slice (default: every row)")
+    parser.add_argument("--output", required=True, help="the study directory on this machine")
+    parser.add_argument("--bring-back", default=None, help="folder whose files come back (the device's $OUT)")
+    parser.add_argument("--train-only", action="store_true", help="train the rows and stop (the next call, on the same machine, evaluates)")
+    parser.add_argument("--smoke", action="store_true", help="the same slice at toy scale on a CPU")
+    args = parser.parse_args(argv)
+    from ropekit import study as study_module
+
+    name = PRESET
+    output = Path(args.output)
+    if args.smoke:
+        import torch
+
+        torch.set_num_threads(1)
+        preset = smoke_preset(study_module.get_preset(PRESET), output / "smoke-inputs")
+        study_module.PRESETS[preset.name] = preset
+        name = preset.name
+    only = [label for label in (args.only or "").split(",") if label.strip()] or None
+    started = time.time()
+    status = 0
+    try:
+        study_module.study(name, output, only=only, slice_name=args.slice, progress=not args.smoke, train_only=args.train_only)
+    except BaseException as err:  # a time limit (SIGINT) or a failure: still bring back what was measured
+        print(f"study call stopped: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        status = 1
+    print(f"study call: slice {args.slice}{' rows ' + ','.join(only) if only else ''}: {time.time() - started:.0f} s", flush=True)
+    if args.bring_back:
+        back = Path(args.bring_back)
+        back.mkdir(parents=True, exist_ok=True)
+        final, partial = output / args.slice / "results.json", output / args.slice / "eval" / "results.json"
+        if args.train_only:
+            pass  # nothing to bring back but the log: the checkpoints stay on this machine for the next call
+        elif status == 0 and final.exists():
+            shutil.copy(final, back / f"results-{args.slice}.json")
+        elif partial.exists():
+            shutil.copy(partial, back / f"partial-{args.slice}.json")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Integrations with other tools (imported on use; each needs its optional extra, e.g. ``pip install ropekit[lm-eval]``)."""
