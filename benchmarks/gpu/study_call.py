@@ -51,6 +51,9 @@ def smoke_preset(preset, folder: Path):
         options = {**run.options, "samples": 2 if native_trained else None, "max_steps": 1, "batch_size": 2, "warmup_steps": 0,
                    "data": str(text if native_trained else chat)}
         options = {k: v for k, v in options.items() if v is not None and k != "epochs"}
+        for key in ("train_length", "replay_length"):  # explicit lengths (LongRecipe's 8K stage 0) shrink with the model
+            if key in options:
+                options[key] = str(parse_length(options[key]) // scale)
         return dataclasses.replace(run, target=target, options=options)
 
     def tiny_tasks(tasks: dict) -> dict:
