@@ -48,7 +48,7 @@ def test_study_call_smoke_runs_the_headline_rows_and_brings_back_one_file(tmp_pa
     assert study_call.main(["--smoke", "--slice", "headline", "--output", str(tmp_path / "study"), "--bring-back", str(back)]) == 0
     assert [p.name for p in back.iterdir()] == ["results-headline.json"]
     results = json.loads((back / "results-headline.json").read_text())
-    assert results["slice"] == "headline" and [r["label"] for r in results["runs"]] == ["eabf-32k", "cream-yarn-64k"]
+    assert results["slice"] == "headline" and sorted(r["label"] for r in results["runs"]) == ["cream-yarn-64k", "eabf-32k", "eabf-mix-32k"]
     assert set(results["tasks"]) == {"passkey", "ppl", "niah", "kv"}  # the headline's task set, at toy scale
     assert results["runs"][1]["training"]["strategy"] == "cream" and results["runs"][1]["record"]["method"] == "yarn"
     # filed here: merged into the slice's results and the study re-rendered
@@ -56,7 +56,7 @@ def test_study_call_smoke_runs_the_headline_rows_and_brings_back_one_file(tmp_pa
     lines = collect.collect([back], tmp_path / "docs", tmp_path / "bench")
     assert any("results-headline.json →" in line for line in lines)
     study_md = (tmp_path / "docs" / "study.md").read_text()
-    assert "| headline | 2 | eabf-32k, cream-yarn-64k | - |" in study_md and (tmp_path / "docs" / "report.md").exists()
+    assert "| headline | 3 | eabf-32k, eabf-mix-32k, cream-yarn-64k | - |" in study_md and (tmp_path / "docs" / "report.md").exists()
 
 
 def test_collect_files_benchmark_results_and_marks_partial_rows(tmp_path):

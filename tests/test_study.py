@@ -108,7 +108,8 @@ def test_gpu_preset_slices_cover_every_row_once():
     listed = [label for s in slices for label in s.labels]
     assert sorted(listed) == sorted(r.label for r in preset.runs)  # each row in exactly one slice
     headline = study_module.get_slice(preset, "headline")
-    assert headline.labels == ("eabf-32k", "cream-yarn-64k") and headline.lengths == (16384, 32768, 65536)
+    assert headline.labels == ("eabf-32k", "eabf-mix-32k", "cream-yarn-64k") and headline.lengths == (16384, 32768, 65536)
+    assert rows_by_label(preset)["eabf-mix-32k"].options == rows_by_label(preset)["eabf-32k"].options  # only the data differs
     assert headline.tasks["passkey"]["trials"] == 20 and headline.tasks["ppl"]["windows"] == 3
     assert all(1 / 3 <= p <= 2 / 3 for p in headline.tasks["kv"]["positions"])
     rows = {r.label: r for r in preset.runs}
@@ -194,3 +195,7 @@ def test_merge_results_unions_and_refuses_duplicate_labels():
         merge_results([("a", a), ("c", a)])
     again = fake_results([fake_run("x", {"passkey": {4096: 0.0}})], lengths=(4096,))
     assert merge_results([("a", a), ("a", again)], replace=True)["runs"][0]["results"]["passkey"]["4096"]["score"] == 0.0
+
+
+def rows_by_label(preset):
+    return {r.label: r for r in preset.runs}

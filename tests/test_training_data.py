@@ -212,3 +212,25 @@ def test_synthetic_conversations_are_deterministic_and_answerable(tmp_path):
         for answer in (m["content"] for m in messages if m["role"] == "assistant"):
             value = answer.rstrip(".").split(" is ")[-1].strip('"<>')
             assert value in document  # the answer is planted in the context
+
+
+def test_mix_recipe_gives_half_conversations_half_text_with_loss_on_every_token(tmp_path, monkeypatch):
+    """eabf-mix: half the samples are retrieval conversations (loss on the answers only), half plain-text windows at the
+    training length (loss on every token), both saved next to the run."""
+    import ropekit.synthetic as synthetic
+    from ropekit.data import IGNORE
+    from ropekit.train import TrainOptions, prepare_rows
+    from ropekit.training import get_recipe
+
+    tokenizer = tiny_tokenizer()
+    filler = tokenizer("\n".join(f"Line {i} of some public-domain filler text." for i in range(800)), add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(synthetic, "text_tokens", lambda tok, source="shakespeare", min_tokens=0: filler * (min_tokens // len(filler) + 1))
+    options = TrainOptions(model="tiny", output=tmp_path / "run", samples=6, pack=False, min_tokens=0)
+    rows, report = prepare_rows(options, get_recipe("eabf-mix"), tokenizer, "contiguous", 600)
+    text = [r for r in rows if len(r) == 600 and "<|user|>" not in tokenizer.decode(r.input_ids)]
+    chats = [r for r in rows if tokenizer.decode(r.input_ids).startswith("<|user|>Read the text below")]
+    assert len(text) == 3 and all(len(r) == 600 and IGNORE not in r.labels for r in text)  # loss on every token, full length
+    assert len(chats) == 3 and all(sum(label != IGNORE for label in r.labels) < len(r) / 4 for r in chats)  # answers only
+    assert "3 Shakespeare text windows" in report.source
+    assert len((tmp_path / "run" / "synthetic_text.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / "run" / "synthetic_data.jsonl").read_text().splitlines()) == 3

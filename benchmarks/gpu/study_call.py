@@ -32,6 +32,7 @@ def smoke_preset(preset, folder: Path):
     from ropekit.lengths import parse_length
     from ropekit.study import Preset, Run, Slice
     from ropekit.testing import save_tiny_checkpoint, tiny_tokenizer
+    from ropekit.training import get_recipe
 
     model = folder / "tiny-model"
     if not (model / "config.json").exists():
@@ -48,8 +49,11 @@ def smoke_preset(preset, folder: Path):
         if not run.train:
             return dataclasses.replace(run, target=target)
         native_trained = run.strategy != "contiguous"
-        options = {**run.options, "samples": 2 if native_trained else None, "max_steps": 1, "batch_size": 2, "warmup_steps": 0,
-                   "data": str(text if native_trained else chat)}
+        generated = get_recipe(run.recipe).data == "mix"  # the recipe's own generated data is what the row tests
+        options = {**run.options, "samples": 2 if native_trained else (4 if generated else None), "max_steps": 1, "batch_size": 2,
+                   "warmup_steps": 0, "data": None if generated else str(text if native_trained else chat)}
+        if "micro_batch_size" in run.options:  # keep micro-batches of several samples in the dry run
+            options["micro_batch_size"] = 2
         options = {k: v for k, v in options.items() if v is not None and k != "epochs"}
         for key in ("train_length", "replay_length"):  # explicit lengths (LongRecipe's 8K stage 0) shrink with the model
             if key in options:

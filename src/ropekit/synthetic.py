@@ -73,3 +73,17 @@ def synthetic_conversations(tokenizer, count: int, max_tokens: int, min_tokens: 
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         rows.append({"messages": messages})
     return rows
+
+
+def text_windows(tokenizer, count: int, tokens: int, seed: int = 0, source: str = "shakespeare") -> list[dict]:
+    """``count`` rows ``{"text": ...}`` of about ``tokens`` tokens of plain text from random places of ``source``: the
+    language-modelling half of the ``mix`` data (loss on every token), so fine-tuning on short answers does not
+    wreck the model's text perplexity."""
+    rng = random.Random(f"text-windows-{seed}")
+    filler = text_tokens(tokenizer, source, min_tokens=tokens + 33)
+    rows = []
+    for _ in range(count):
+        start = rng.randrange(0, max(1, len(filler) - tokens - 32))
+        # a few tokens more than asked: decoding and encoding again may merge tokens at the edges; the trainer cuts
+        rows.append({"text": tokenizer.decode(filler[start:start + tokens + 32])})
+    return rows

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-from .data import DataReport, chunk_documents, load_data, load_rows, pack, split_conversations
+from .data import DataReport, Example, chunk_documents, load_data, load_rows, pack, split_conversations
 from .embedded import DEFAULT_MODEL
 from .errors import RopekitError
 from .extension import extend, native_length_of, text_config
@@ -100,17 +100,25 @@ def check_output(options: TrainOptions) -> Path:
 def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_length: int) -> tuple[list, DataReport]:
     """Load (or generate) the data and shape it for the strategy: conversations split to the training length,
     text chunked and packed for contiguous training, whole long documents for CREAM/PoSE/RandPos."""
+    text_examples: list = []
     if options.data is None:
-        if recipe.data == "chat":
-            from .synthetic import synthetic_conversations
+        if recipe.data in ("chat", "mix"):
+            from .synthetic import synthetic_conversations, text_windows
 
             count = options.samples or recipe.samples
-            rows = synthetic_conversations(tokenizer, count, max_tokens=train_length, min_tokens=round(0.7 * train_length), seed=options.seed)
+            texts = count // 2 if recipe.data == "mix" else 0
+            rows = synthetic_conversations(tokenizer, count - texts, max_tokens=train_length, min_tokens=round(0.7 * train_length), seed=options.seed)
             examples, report = load_rows(rows, tokenizer, f"synthetic conversations (seed {options.seed}, saved as synthetic_data.jsonl)")
+            saved = {"synthetic_data.jsonl": rows}
+            if texts:
+                saved["synthetic_text.jsonl"] = text_windows(tokenizer, texts, train_length, seed=options.seed)
+                text_examples, _ = load_rows(saved["synthetic_text.jsonl"], tokenizer, "text windows")
+                report.source += f" and {texts} Shakespeare text windows (loss on every token, saved as synthetic_text.jsonl)"
             if is_main_process():  # every process generates the same rows; one writes them down
-                path = Path(options.output).expanduser() / "synthetic_data.jsonl"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                for name, content in saved.items():
+                    path = Path(options.output).expanduser() / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text("".join(json.dumps(r) + "\n" for r in content))
         else:
             from .eval.corpus import shakespeare_files
 
@@ -122,6 +130,12 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
     if report.kind == "chat" and strategy == "contiguous":
         minimum = options.min_tokens if options.min_tokens is not None else round(recipe.min_tokens_fraction * train_length)
         examples = split_conversations(examples, minimum, train_length, report)
+    if text_examples:  # the mix's text half, at the training length (the conversations were split above)
+        pieces = [Example(e.input_ids[:train_length], e.labels[:train_length]) for e in text_examples]
+        examples = examples + pieces
+        report.examples += len(pieces)
+        report.tokens += sum(len(e) for e in pieces)
+        report.loss_tokens += sum(len(e) for e in pieces)
     if strategy == "contiguous":
         if report.kind == "text":
             examples = chunk_documents(examples, train_length)
