@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ IMPORT_S, CONVERT_S, ROW_LOAD_S, TRAIN_SETUP_S = 15.0, 25.0, 3.0, 10.0
 # of 151 s). The preset now uses micro-batches of 8; until that is measured, rows trained at 8K are priced at this rate.
 NATIVE_TOKENS_PER_S = 28_000.0
 KV_64K_S, LINES_64K_S, CHAT_32K_S, SHAKESPEARE_S = 0.5, 0.7, 0.11, 4.0
+MERGE_S = 10.0  # LongRecipe's streamed merge of two 135M checkpoints (22 s on 2 shared CPU cores)
 
 
 def smollm2():
@@ -104,6 +106,12 @@ def estimate_row(preset, run, part) -> Row:
             length = 8192
             tokens = options["max_steps"] * options["batch_size"] * length
             data_s = SHAKESPEARE_S
+        if run.recipe == "longrecipe":  # + its replay at 8K (68/240 of stage 0's tokens, whole steps) on conversations
+            from ropekit.longrecipe import REPLAY_TOKEN_RATIO
+
+            replay_steps = math.ceil(REPLAY_TOKEN_RATIO * options["max_steps"] * parse_length(options["train_length"]) / length)
+            tokens += replay_steps * options["batch_size"] * length
+            data_s += TRAIN_SETUP_S + replay_steps * options["batch_size"] * CHAT_32K_S * length / 32768 + MERGE_S
         train_s = TRAIN_SETUP_S + data_s + tokens * model_flops_per_token(smollm2(), length) / rate
         if run.strategy != "contiguous":  # priced at the rate measured at 8K, never faster than FLOPs say
             train_s = max(train_s, TRAIN_SETUP_S + data_s + tokens / NATIVE_TOKENS_PER_S)

@@ -218,7 +218,8 @@ def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto"
         if not run.train or (target_dir / "training_summary.json").exists():
             continue
         options = {**preset.common, **run.options}
-        resume = any(target_dir.glob("checkpoint-*"))
+        # an interrupted run continues: its checkpoints, or LongRecipe's started stages (OUT/stage0/checkpoint-*, …)
+        resume = any(target_dir.glob("checkpoint-*")) or (run.recipe == "longrecipe" and (target_dir / "stage0").is_dir())
         train(TrainOptions(model=preset.model, method=run.method, target_length=run.target, output=target_dir, recipe=run.recipe,
                            strategy=run.strategy, device=device, progress=progress, overwrite=not resume, resume=resume, **options))
     if train_only:
