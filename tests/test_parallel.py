@@ -67,6 +67,7 @@ REFUSED = [  # (config, method, model type, model kwargs, options, what the one 
     ("fsdp2-context-parallel", "dynamic", "llama", {}, {}, "dynamic RoPE cannot run under context parallelism"),
     ("fsdp2-context-parallel", "eabf", "llama", {"attn_implementation": "eager"}, {}, "SDPA only, not eager"),
     ("fsdp2-context-parallel", "eabf", "llama", {}, {"attn_implementation": "flash_attention_2"}, "SDPA only, not flash_attention_2"),
+    ("fsdp2-context-parallel", "linear", "llama", {}, {"attention": "s2", "lora_r": 0}, "S²-Attn cannot run under context parallelism"),
     ("fsdp2", "eabf", "llama", {}, {"lora_r": 8}, "LoRA cannot be merged under 2 processes, FSDP2"),
     ("deepspeed-zero3", "yarn", "llama", {}, {"lora_r": 8}, "LoRA cannot be merged under 2 processes, DeepSpeed ZeRO-3"),
 ]

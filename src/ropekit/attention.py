@@ -18,6 +18,8 @@ behaves the same whether loaded with ``ropekit.load_model`` or with ``from_pretr
   ``p // G`` for keys and ``p // G + W - W/G`` for queries. RoPE composes (R(a)·R(b) = R(a+b)), so the grouped
   q/k are obtained by rotating the already-rotated q/k by the position difference; no second pass over the
   projections is needed. Computed blockwise over queries so the full attention matrix never materialises.
+* **S²-Attn** (LongLoRA, :mod:`ropekit.longlora`), training only: while ``ropekit train --attention s2`` has its
+  context open, layers of the trained model run shifted sparse attention on the (scaled) query. Not in the config.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .errors import RopekitError
+from .longlora import training_attention
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The math
@@ -203,6 +206,9 @@ def _apply_plan(inner: Callable, module, query, key, value, attention_mask, **kw
         query = scale_query(query, position_ids.to(query.device), scale["scale_length"])
     for callback in _OBSERVERS:
         callback(module, query, key, attention_mask, kwargs.get("scaling"), kwargs.get("softcap"), kwargs.get("position_ids"))
+    s2 = training_attention(module)  # LongLoRA's S²-Attn: only inside the training step's context, after the scale
+    if s2 is not None:
+        return s2(inner, module, query, key, value, attention_mask, **kwargs)
     extend = attention.get("self_extend") if attention else None
     if extend and layer in extend["layers"]:
         return self_extend_attention(module, query, key, value, attention_mask, extend, **kwargs)

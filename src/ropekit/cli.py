@@ -254,7 +254,7 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
           method: Optional[str] = typer.Option(None, "--method", "-m", help="RoPE method (default: the recipe's: eabf, or linear for cream-paper)"),
           target_length: str = typer.Option("32k", "--target-length", "-t", help="context window to reach"),
           output: Path = typer.Option(..., "--output", "-o", help="directory for checkpoints, logs and the final model"),
-          recipe: str = typer.Option("eabf-paper", help="eabf-paper, cream-paper, longrecipe (3 stages) or smoke (see docs/training.md)"),
+          recipe: str = typer.Option("eabf-paper", help="eabf-paper, cream-paper, longrecipe (3 stages), longlora or smoke (see docs/training.md)"),
           data: Optional[str] = typer.Option(None, help="JSONL/JSON/parquet/.txt/directory/saved dataset; default: the recipe's offline data"),
           data_kind: str = typer.Option("auto", help="auto, chat (loss on responses) or text (loss on all tokens)"),
           chat_template: Optional[Path] = typer.Option(None, help="a .jinja chat template to use instead of the tokenizer's"),
@@ -274,10 +274,14 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
           batch_size: Optional[int] = typer.Option(None, help="global batch in sequences (accumulated)"),
           micro_batch_size: int = typer.Option(1, help="sequences per device per forward"),
           weight_decay: Optional[float] = typer.Option(None),
-          lora_r: int = typer.Option(0, help="LoRA rank; 0 = full fine-tuning"),
-          lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default 2r)"),
-          lora_targets: str = typer.Option("all-linear", help="all-linear or module names, e.g. q_proj,k_proj,v_proj,o_proj"),
-          train_embeddings_and_norms: bool = typer.Option(False, help="LongLoRA+: also train embeddings and norm layers"),
+          lora_r: Optional[int] = typer.Option(None, help="LoRA rank; 0 = full fine-tuning (default: the recipe's; 8 for longlora, else 0)"),
+          lora_alpha: Optional[int] = typer.Option(None, help="LoRA alpha (default: the recipe's, else 2r)"),
+          lora_targets: Optional[str] = typer.Option(None, help="all-linear or module names, e.g. q_proj,k_proj,v_proj,o_proj (default: the recipe's)"),
+          train_embeddings_and_norms: bool = typer.Option(False, help="LongLoRA+: also train embeddings and norm layers (on with --attention s2 and LoRA)"),
+          attention: Optional[str] = typer.Option(None, help="full, or s2: LongLoRA's shifted sparse attention while training (default: the recipe's)"),
+          group_ratio: float = typer.Option(0.25, help="S²-Attn group size as a fraction of each sequence"),
+          s2_min_length: Optional[str] = typer.Option(None, help="S²-Attn: sequences of at most N tokens use full attention (default: the native window; 0 = always S²)"),
+          s2_kernel: str = typer.Option("auto", help="S²-Attn kernel: auto (flash-attn varlen on a GPU when installed, else SDPA), sdpa, flash"),
           gradient_checkpointing: bool = typer.Option(True),
           chunked_loss: bool = typer.Option(True, help="loss from hidden states in chunks (full logits never materialise; exact)"),
           tile_mlp: int = typer.Option(0, help="run decoder MLPs over tiles of N tokens (ALST-style; exact); 0 = off"),
@@ -307,6 +311,7 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
         samples=samples, min_tokens=min_tokens, pack=pack, learning_rate=lr, schedule=schedule, warmup_steps=warmup_steps,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, weight_decay=weight_decay,
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, train_embeddings_and_norms=train_embeddings_and_norms,
+        attention=attention, group_ratio=group_ratio, s2_min_length=s2_min_length, s2_kernel=s2_kernel,
         gradient_checkpointing=gradient_checkpointing, chunked_loss=chunked_loss, tile_mlp=tile_mlp,
         offload_activations=offload_activations, liger=liger, precision=precision, attn_implementation=attn_implementation,
         seed=seed, save_steps=save_steps, resume=resume, overwrite=overwrite, device=device, replay_data=replay_data,
@@ -403,6 +408,37 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
         return
     _print_results(results)
     console.print(f"summary: {Path(output) / 'study.md'}; report: {Path(output) / 'report.html'}", highlight=False)
+
+
+@app.command()
+@friendly
+def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help="directory; re-running resumes"),
+        quick: bool = typer.Option(False, "--quick", help="≈5 minutes: shorter pre-training, 5 rows, lengths 1×–4×"),
+        seeds: str = typer.Option("0", help="pre-training seeds, e.g. 0,1,2 (each is a full lab; tables show the spread)"),
+        rows: Optional[str] = typer.Option(None, help="comma-separated row labels (default: the budget's rows)"),
+        device: str = typer.Option("auto"),
+        list_rows: bool = typer.Option(False, "--list", help="print the rows and exit")):
+    """Train a small RoPE model from scratch (cached), extend it 4× with every method under one budget, and check
+    each method's claim with pass key, key-value retrieval and perplexity at 1×-16× its window (docs/lab.md).
+    About 30 minutes on 2 CPU cores; --quick about 5."""
+    from .lab import ARMS, get_rows
+    from .lab import lab as run_lab
+
+    if list_rows:
+        for row in get_rows():
+            console.print(f"  {row.label:<12} {row.method:<12} {ARMS[row.arm]:<29} {row.strategy}", highlight=False)
+        return
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise RopekitError(f"--seeds {seeds!r} is not a list of integers", "write e.g. --seeds 0,1,2") from None
+    results = run_lab(output, quick=quick, seeds=seed_list, rows=[r.strip() for r in (rows or "").split(",") if r.strip()] or None,
+                      device=device)
+    _print_results(results)
+    from collections import Counter
+
+    verdicts = ", ".join(f"{count} {verdict}" for verdict, count in Counter(c["verdict"] for c in results["claims"]).items())
+    console.print(f"claims: {verdicts}; tables and evidence: {Path(output) / 'lab.md'}", highlight=False)
 
 
 def main():  # pragma: no cover - console entry point

@@ -88,6 +88,9 @@ def check_context_parallel(model, options, on_gpu: bool) -> None:
     if uses_sliding_window(config):
         raise RopekitError(f"context parallelism cannot serve {config.model_type}'s sliding-window layers: ring attention runs full "
                            "causal attention only", "launch this model with fsdp2.yaml (no context parallelism)")
+    if options.attention == "s2":
+        raise RopekitError("S²-Attn cannot run under context parallelism: its groups span the sequence that ring attention "
+                           "shards across processes", "train with --attention full under context parallelism, or launch S²-Attn with ddp.yaml")
     backend = options.attn_implementation or getattr(config, "_attn_implementation", None) or "sdpa"
     if backend != "sdpa":
         raise RopekitError(f"context parallelism runs through SDPA only, not {backend}", "leave --attn-implementation at sdpa")

@@ -2,7 +2,7 @@
 
 Sections: the setup (device, versions, exact command, seed), one table per task (runs × lengths), and PNG plots —
 perplexity vs length, accuracy vs length, NIAH heatmaps (depth × length), accuracy by position (lost in the middle)
-for ``lines``/``kv``, and attention-entropy curves per layer against the uniform ln n. The HTML embeds the PNGs, so
+for tasks that report it (``lines``, ``kv``, ``lab-kv``), and attention-entropy curves per layer against the uniform ln n. The HTML embeds the PNGs, so
 it can be mailed as one file; the Markdown links them from ``DIR/plots/``.
 """
 
@@ -192,7 +192,7 @@ def render(directory: str | Path) -> tuple[Path, Path]:
                     figure = plot_niah(results, run, plots / f"niah_{_safe(run['label'])}.png")
                     figures.append((f"NIAH — {run['label']}", figure))
                     md += [f"![niah {run['label']}](plots/{figure.name})", ""]
-        if task in ("lines", "kv"):
+        if any("positions" in run["results"].get(task, {}).get(str(n), {}) for run in results["runs"] for n in lengths):
             figure = plot_positions(results, task, plots / f"{task}_by_position.png")
             figures.append((f"{task} by position", figure))
             md += [f"![{task} by position](plots/{figure.name})", ""]

@@ -72,6 +72,15 @@ def _eabf_style(label, method, target):
     return Run(label, method, target, recipe="eabf-paper", options=dict(_FT))
 
 
+# LongLoRA (PI + S²-Attn + LoRA+) next to the same LoRA+ run with full attention, same data, length, steps and samples:
+# checks the paper's claim that S²-Attn training, evaluated with full attention, matches full-attention training.
+_LORA_PLUS = {"lora_r": 8, "lora_alpha": 16, "lora_targets": "q_proj,k_proj,v_proj,o_proj", "train_embeddings_and_norms": True}
+
+
+def _longlora(label, target, attention, **options):
+    return Run(label, "linear", target, recipe=options.pop("recipe", "eabf-paper"), options={**_LORA_PLUS, "attention": attention, **options})
+
+
 def _native(label, method, target, strategy, factor):
     # same tokens as 100 samples at the target: 100·factor samples of 8K; 6 optimizer steps like the others
     return Run(label, method, target, recipe="cream-paper", strategy=strategy,
@@ -92,7 +101,8 @@ def _longrecipe(label, method, target, factor):
 PRESETS = {
     "smollm2-64k": Preset(
         "smollm2-64k", "SmolLM2-135M (8K native) to 32K and 64K: PI, NTK, YaRN, ABF, EABF fine-tuned at the target with 100 "
-        "samples; CREAM and PoSE (with PI and YaRN) trained at 8K on the same number of tokens; training-free rows for reference",
+        "samples; CREAM and PoSE (with PI and YaRN) trained at 8K on the same number of tokens; LongLoRA (PI + S²-Attn + LoRA+) "
+        "next to PI + LoRA+ with full attention at 64K; training-free rows for reference",
         "smollm2-135m",
         (
             Run("none", "none", "64k", train=False), Run("dynamic-free", "dynamic", "64k", train=False),
@@ -101,6 +111,7 @@ PRESETS = {
             *[_eabf_style(f"{m}-{t}", m, t) for t in ("32k", "64k") for m in ("linear", "ntk", "yarn", "abf", "eabf")],
             *[_native(f"{s}-{m}-{t}", m, t, s, f) for t, f in (("32k", 4), ("64k", 8)) for s in ("cream", "pose") for m in ("linear", "yarn")],
             *[_longrecipe(f"longrecipe-{m}-{t}", m, t, f) for t, f in (("32k", 4), ("64k", 8)) for m in ("linear", "yarn")],
+            _longlora("pi-loraplus-64k", "64k", "full", **_FT), _longlora("longlora-64k", "64k", "s2", **_FT),
             # Beyond the paper, measured next to eabf-32k under the same budget:
             _eabf_style("yarn-logscale-32k", "yarn+logscale", "32k"),
             # The first lever after eabf-32k's perplexity collapse (docs/results.md): the same budget on the data mix
@@ -131,15 +142,17 @@ PRESETS = {
                   "and YaRN + log scale next to eabf-32k (in the headline slice)",
                   ("linear-32k", "ntk-32k", "yarn-32k", "abf-32k", "yarn-logscale-32k")),
             Slice("rest-64k", "fine-tuned at 64K (PI, NTK, YaRN, ABF, EABF); CREAM and PoSE trained at 8K: with PI for 64K, "
-                  "PoSE-YaRN for 64K (CREAM-YaRN's comparison), and the 32K rows; LongRecipe (PI, YaRN) at PoSE's stage-0 budget",
+                  "PoSE-YaRN for 64K (CREAM-YaRN's comparison), and the 32K rows; LongLoRA (PI + S²-Attn + LoRA+) next to "
+                  "PI + LoRA+ with full attention at 64K; LongRecipe (PI, YaRN) at PoSE's stage-0 budget",
                   ("linear-64k", "ntk-64k", "yarn-64k", "abf-64k", "eabf-64k", "cream-linear-64k", "pose-linear-64k", "pose-yarn-64k",
-                   "cream-linear-32k", "cream-yarn-32k", "pose-linear-32k", "pose-yarn-32k",
+                   "cream-linear-32k", "cream-yarn-32k", "pose-linear-32k", "pose-yarn-32k", "pi-loraplus-64k", "longlora-64k",
                    "longrecipe-linear-32k", "longrecipe-yarn-32k", "longrecipe-linear-64k", "longrecipe-yarn-64k")),
         ),
     ),
     "smollm2-cpu-smoke": Preset(
         "smollm2-cpu-smoke", "the same pipeline at CPU scale: 16K targets, training at 1K tokens for 2 steps on 4 samples, "
-        "evaluation at 2K and 9K with a few trials; proves every stage runs, measures nothing about quality",
+        "evaluation at 2K and 9K with a few trials (PI full fine-tuning, PI + LoRA+ and LongLoRA with S²-Attn side by side); "
+        "proves every stage runs, measures nothing about quality",
         "smollm2-135m",
         (
             Run("none", "none", "16k", train=False),
@@ -150,6 +163,9 @@ PRESETS = {
                 options={"train_length": "1k", "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "samples": 4}),
             Run("longrecipe-linear-16k", "linear", "16k", recipe="longrecipe", strategy="longrecipe",
                 options={"train_length": "1k", "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "samples": 4, "replay_length": "1k"}),
+            Run("pi-16k", "linear", "16k", recipe="smoke", options={"samples": 4, "train_length": "1k", "max_steps": 2}),
+            _longlora("pi-loraplus-16k", "16k", "full", recipe="smoke", samples=4, train_length="1k", max_steps=2),
+            _longlora("longlora-16k", "16k", "s2", recipe="smoke", samples=4, train_length="1k", max_steps=2, s2_min_length=0),
         ),
         (2048, 9216),
         {"passkey": {"trials": 10}, "niah": {"depths": [0.5]}, "ppl": {"windows": 1}, "kv": {"trials": 1, "positions": [0.5]},

@@ -13,7 +13,8 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -57,10 +58,14 @@ class TrainOptions:
     batch_size: int | None = None
     micro_batch_size: int = 1
     weight_decay: float | None = None
-    lora_r: int = 0  # 0: full fine-tuning
+    lora_r: int | None = None  # 0: full fine-tuning
     lora_alpha: int | None = None
-    lora_targets: str = "all-linear"
+    lora_targets: str | None = None  # "all-linear" or module names joined by commas
     train_embeddings_and_norms: bool = False  # LongLoRA+: embeddings and norms trainable next to LoRA
+    attention: str | None = None  # "full" or "s2" (LongLoRA's shifted sparse attention, training only)
+    group_ratio: float = 0.25  # S²-Attn group size as a fraction of each sequence (or packed segment)
+    s2_min_length: int | str | None = None  # sequences of at most this many tokens use full attention; None: native window
+    s2_kernel: str = "auto"  # auto (flash-attn varlen on a GPU when installed, else SDPA), sdpa, flash
     gradient_checkpointing: bool = True
     chunked_loss: bool = True  # loss from hidden states in chunks: full logits never materialise (exact)
     loss_chunk: int = 4096
@@ -161,7 +166,32 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
     return rows, report
 
 
+def resolve_recipe_options(options: TrainOptions, recipe) -> TrainOptions:
+    """Fill the LoRA and attention options the user left open from the recipe; check the S²-Attn settings.
+
+    With ``--attention s2`` and LoRA, embeddings and norms are trained too (LongLoRA's "LoRA+")."""
+    from .longlora import check_options
+
+    options = replace(options,
+                      lora_r=recipe.lora_r if options.lora_r is None else options.lora_r,
+                      lora_alpha=recipe.lora_alpha if options.lora_alpha is None else options.lora_alpha,
+                      lora_targets=options.lora_targets or recipe.lora_targets,
+                      attention=options.attention or recipe.attention)
+    if options.attention not in ("full", "s2"):
+        raise RopekitError(f"unknown attention {options.attention!r}", "use full or s2 (LongLoRA's shifted sparse attention)")
+    if options.attention == "s2":
+        min_length = options.s2_min_length
+        if isinstance(min_length, str):
+            min_length = 0 if min_length.strip() == "0" else parse_length(min_length, "--s2-min-length")
+        check_options(options.group_ratio, 0 if min_length is None else min_length, options.s2_kernel)
+        options = replace(options, s2_min_length=min_length, train_embeddings_and_norms=options.train_embeddings_and_norms or options.lora_r > 0)
+    return options
+
+
 def apply_lora(model, options: TrainOptions):
+    """peft LoRA; with ``train_embeddings_and_norms`` the input embedding and every norm layer are trained in full
+    (peft ``modules_to_save``). The output head stays frozen; for a model with tied embeddings this unties them
+    (the trained input embedding and the original head are saved separately)."""
     from peft import LoraConfig, get_peft_model
 
     targets = options.lora_targets if options.lora_targets == "all-linear" else [t.strip() for t in options.lora_targets.split(",")]
@@ -171,7 +201,9 @@ def apply_lora(model, options: TrainOptions):
         extra = ["embed_tokens", *norms]
     config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha or 2 * options.lora_r, lora_dropout=0.0,
                         target_modules=targets, modules_to_save=extra, task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # untying a tied embedding is the intended LoRA+ behaviour (see merge_lora)
+        warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*")
+        return get_peft_model(model, config)
 
 
 def train(options: TrainOptions, callbacks: list | None = None) -> dict:
@@ -189,6 +221,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     method = options.method or recipe.method
     strategy = options.strategy or recipe.strategy
     strategy_params = check_params(get_strategy(strategy), options.strategy_params)
+    options = resolve_recipe_options(options, recipe)
     out = check_output(options)
     target = parse_length(options.target_length, "target length")
 
@@ -212,6 +245,13 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     options, launch_notes = check_launch(launch, model, options, on_gpu=next(model.parameters()).device.type == "cuda")
     _say(launch_notes)
     context_parallel = launch.context_parallel
+    s2 = None
+    if options.attention == "s2":
+        from .longlora import check_model
+
+        check_model(model)
+        s2 = {"group_ratio": options.group_ratio, "kernel": options.s2_kernel,
+              "min_length": native if options.s2_min_length is None else options.s2_min_length}
     rows, report = prepare_rows(options, recipe, tokenizer, strategy, train_length)
     dataset = TrainingSet(rows, strategy, train_length, target, seed=options.seed, params=strategy_params,
                           sentence_ends=sentence_end_ids(tokenizer) if strategy == "longrecipe" else None)
@@ -241,14 +281,14 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     trainer = RopekitTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
                              callbacks=[EpochCallback(dataset), log, *(callbacks or [])],
                              compute_loss_func=make_chunked_loss(model, options.loss_chunk) if chunked else None,
-                             offload_activations=options.offload_activations)
+                             offload_activations=options.offload_activations, s2=s2)
     parallel = layout(trainer.accelerator)
     fallback = fallback_note(launch, parallel)
     _say([fallback] if fallback else [])
     result = trainer.train(resume_from_checkpoint=True if options.resume else None)
 
     if options.lora_r:
-        model = trainer.model.merge_and_unload()
+        model = merge_lora(trainer.model)
     untile_mlp(model)
     model.config.use_cache = True
     summary = {
@@ -263,6 +303,8 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
         "main_process": trainer.is_world_process_zero(), "context_parallel": context_parallel,
         "parallel": {**parallel, "adjustments": launch_notes + ([fallback] if fallback else [])},
         "memory": {"chunked_loss": chunked, "liger": use_liger, "tile_mlp": options.tile_mlp, "offload_activations": options.offload_activations},
+        "attention": {"training": options.attention, **(s2 or {}),
+                      "lora_plus": bool(options.lora_r and options.train_embeddings_and_norms)},
     }
     if options.lora_r:
         if trainer.is_world_process_zero():
@@ -276,6 +318,20 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
         bundle_checkpoint(out)  # an attention-side/dynamic extension carries its modeling code (docs/serving.md)
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def merge_lora(peft_model):
+    """Merge LoRA into plain weights. With trained embeddings (LoRA+) on a model whose input embedding and output
+    head were tied, the two now differ: the config says so, so the saved checkpoint keeps both."""
+    with warnings.catch_warnings():  # peft (≥ 0.18) announces the untying; older versions leave the config tied
+        warnings.filterwarnings("ignore", message=".*no longer tied after merging.*")
+        model = peft_model.merge_and_unload()
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if head is not None and getattr(config, "tie_word_embeddings", False) and head.weight is not embedding.weight:
+        config.tie_word_embeddings = False
+        model.config.tie_word_embeddings = False
+    return model
 
 
 def _say(lines: list[str]) -> None:

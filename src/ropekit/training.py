@@ -41,6 +41,10 @@ class Recipe:
     max_grad_norm: float
     samples: int  # default number of synthetic conversations when no data is given
     min_tokens_fraction: float  # chat data: drop conversations shorter than this fraction of the training length
+    attention: str = "full"  # "s2": LongLoRA's shifted sparse attention during training
+    lora_r: int = 0  # 0: full fine-tuning
+    lora_alpha: int | None = None
+    lora_targets: str = "all-linear"
 
 
 RECIPES = {
@@ -77,6 +81,12 @@ RECIPES = {
         method="abf", strategy="contiguous", train_at="native", data="chat", learning_rate=5e-6, schedule="constant",
         warmup_steps=0, epochs=1, max_steps=-1, batch_size=96, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.1,
         max_grad_norm=1.0, samples=96, min_tokens_fraction=0.0),
+    "longlora": Recipe(
+        "longlora", "Chen et al. 2024, arXiv 2309.12307; dvlab-research/LongLoRA fine-tune.py and README command",
+        method="linear", strategy="contiguous", train_at="target", data="text", learning_rate=2e-5,
+        schedule="constant_with_warmup", warmup_steps=20, epochs=1, max_steps=1000, batch_size=64, adam_beta1=0.9,
+        adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0, samples=0, min_tokens_fraction=0.0, attention="s2",
+        lora_r=8, lora_alpha=16, lora_targets="q_proj,k_proj,v_proj,o_proj"),
     "smoke": Recipe(
         "smoke", "a pipeline check for CPUs (a few steps, a high learning rate), not a quality recipe",
         method="eabf", strategy="contiguous", train_at="target", data="chat", learning_rate=1e-4, schedule="constant",
@@ -204,11 +214,22 @@ def collate(rows: list[dict]) -> dict:
 
 
 class RopekitTrainer(Trainer):
-    """The transformers Trainer, with saved activations optionally kept in CPU memory during each forward."""
+    """The transformers Trainer, with saved activations optionally kept in CPU memory during each forward, and
+    LongLoRA's S²-Attn (``s2``: :class:`~ropekit.longlora.S2Training` settings) open during each training step."""
 
-    def __init__(self, *args, offload_activations: bool = False, **kwargs):
+    def __init__(self, *args, offload_activations: bool = False, s2: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.offload_activations = offload_activations
+        self.s2 = s2
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # forward and backward: gradient checkpointing re-runs the forward inside the backward
+        if not self.s2:
+            return super().training_step(model, inputs, num_items_in_batch)
+        from .longlora import s2_training
+
+        with s2_training(model, **self.s2):
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         from .memory import ActivationOffload
