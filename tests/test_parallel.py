@@ -194,19 +194,20 @@ def test_fsdp2_on_two_processes_matches_one(workspace, tmp_path, case):
 def test_context_parallel_positions_match_the_unsharded_forward(tmp_path):
     """2 processes over gloo: ropekit's CP collator → the Trainer's CP inputs → accelerate/torch's load-balanced
     split → ropekit's attention wrapper on each shard's queries against all keys (tests/multiprocess/
-    context_parallel_on_cpu.py). CREAM, PoSE and padded contiguous rows, EABF's logit scale on layers 2-3."""
+    context_parallel_on_cpu.py). CREAM, PoSE, LongRecipe and padded contiguous rows, EABF's logit scale on layers 2-3."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(SCRIPTS / "context_parallel_on_cpu.py"), str(tmp_path)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    for case in ("cream", "pose", "contiguous_padded"):
+    for case in ("cream", "pose", "longrecipe", "contiguous_padded"):
         for result in (r[case] for r in ranks):
             assert result["positions_global"], case  # each shard carries the full sequence's ids
             assert result["shard_len"] * 2 == result["seq_len"] and result["layers_seen"] == 4
             assert result["query_err"] < 1e-5 and result["logit_err"] < 1e-5, (case, result)
             assert result["loss"] == pytest.approx(result["reference_loss"], rel=1e-5)
     assert max(r["cream"]["max_position"] for r in ranks) == 511  # CREAM's tail ids reach the target
+    assert max(r["longrecipe"]["max_position"] for r in ranks) == 511  # LongRecipe's last id is target - 1
     assert ranks[0]["contiguous_padded"]["seq_len"] == 92  # 90 tokens padded to a multiple of 2 × cp
     assert ranks[0]["local_positions_logit_err"] > 1e-2  # shard-local ids would be caught
 

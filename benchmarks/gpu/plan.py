@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from _common import config_for, model_flops_per_token  # noqa: E402
 
 CALL_LIMIT_S = 600  # one device command
+TRAIN_ONLY_LIMIT_S = 570  # study.sh stops its training at this (from the call's start)
 PLAN_LIMIT_S = 330  # several rows share a call only while its estimate stays under this (margin for wrong estimates)
 ROW_LIMIT_S = 420  # one row trains and evaluates in one call while its estimate stays under this; else train, then evaluate
 WINDOW_S = 900  # one GPU window: the machine's start, the calls and the gaps between them
@@ -49,6 +51,7 @@ IMPORT_S, CONVERT_S, ROW_LOAD_S, TRAIN_SETUP_S = 15.0, 25.0, 3.0, 10.0
 # of 151 s). The preset now uses micro-batches of 8; until that is measured, rows trained at 8K are priced at this rate.
 NATIVE_TOKENS_PER_S = 28_000.0
 KV_64K_S, LINES_64K_S, CHAT_32K_S, SHAKESPEARE_S = 0.5, 0.7, 0.11, 4.0
+MERGE_S = 10.0  # LongRecipe's streamed merge of two 135M checkpoints (22 s on 2 shared CPU cores)
 
 
 def smollm2():
@@ -104,6 +107,12 @@ def estimate_row(preset, run, part) -> Row:
             length = 8192
             tokens = options["max_steps"] * options["batch_size"] * length
             data_s = SHAKESPEARE_S
+        if run.recipe == "longrecipe":  # + its replay at 8K (68/240 of stage 0's tokens, whole steps) on conversations
+            from ropekit.longrecipe import REPLAY_TOKEN_RATIO
+
+            replay_steps = math.ceil(REPLAY_TOKEN_RATIO * options["max_steps"] * parse_length(options["train_length"]) / length)
+            tokens += replay_steps * options["batch_size"] * length
+            data_s += TRAIN_SETUP_S + replay_steps * options["batch_size"] * CHAT_32K_S * length / 32768 + MERGE_S
         train_s = TRAIN_SETUP_S + data_s + tokens * model_flops_per_token(smollm2(), length) / rate
         if run.strategy != "contiguous":  # priced at the rate measured at 8K, never faster than FLOPs say
             train_s = max(train_s, TRAIN_SETUP_S + data_s + tokens / NATIVE_TOKENS_PER_S)
@@ -139,9 +148,9 @@ def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
     fixed = IMPORT_S + CONVERT_S
     calls = []
 
-    def add(part, members, train_only=False, follows=False):
-        seconds = fixed + (sum(r.train_s for r in members) if train_only else
-                           sum(r.eval_s + (0 if follows else r.train_s) for r in members))
+    def add(part, members, train_only=False, follows=False, train_s=None):
+        trained = sum(r.train_s for r in members) if train_s is None else train_s  # the training this call does
+        seconds = fixed + (trained if train_only else sum(r.eval_s for r in members) + (trained if not follows or train_s is not None else 0))
         labels = ",".join(r.label for r in members)
         calls.append({"slice": part.name, "rows": members, "seconds": seconds, "train_only": train_only,
                       "command": f"bash benchmarks/gpu/study.sh {part.name} {labels}{' --train-only' if train_only else ''}",
@@ -157,8 +166,11 @@ def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
                 if current:
                     add(part, current)
                     current = []
-                add(part, [row], train_only=True)
-                add(part, [row], follows=True)
+                # the train-only call trains until study.sh's time limit at most; the next call resumes the rest
+                first = min(row.train_s, TRAIN_ONLY_LIMIT_S - fixed)
+                rest = row.train_s - first
+                add(part, [row], train_only=True, train_s=first)
+                add(part, [row], follows=True, train_s=rest + TRAIN_SETUP_S if rest > 0 else None)
                 continue
             if current and fixed + sum(r.train_s + r.eval_s for r in current + [row]) > PLAN_LIMIT_S:
                 add(part, current)

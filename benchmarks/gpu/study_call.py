@@ -55,6 +55,9 @@ def smoke_preset(preset, folder: Path):
         if "micro_batch_size" in run.options:  # keep micro-batches of several samples in the dry run
             options["micro_batch_size"] = 2
         options = {k: v for k, v in options.items() if v is not None and k != "epochs"}
+        for key in ("train_length", "replay_length"):  # explicit lengths (LongRecipe's 8K stage 0) shrink with the model
+            if key in options:
+                options[key] = str(parse_length(options[key]) // scale)
         return dataclasses.replace(run, target=target, options=options)
 
     def tiny_tasks(tasks: dict) -> dict:

@@ -269,12 +269,12 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
           method: Optional[str] = typer.Option(None, "--method", "-m", help="RoPE method (default: the recipe's: eabf, or linear for cream-paper)"),
           target_length: str = typer.Option("32k", "--target-length", "-t", help="context window to reach"),
           output: Path = typer.Option(..., "--output", "-o", help="directory for checkpoints, logs and the final model"),
-          recipe: str = typer.Option("eabf-paper", help="eabf-paper, cream-paper, longlora or smoke (see docs/training.md)"),
+          recipe: str = typer.Option("eabf-paper", help="eabf-paper, cream-paper, longrecipe (3 stages), longlora or smoke (see docs/training.md)"),
           data: Optional[str] = typer.Option(None, help="JSONL/JSON/parquet/.txt/directory/saved dataset; default: the recipe's offline data"),
           data_kind: str = typer.Option("auto", help="auto, chat (loss on responses) or text (loss on all tokens)"),
           chat_template: Optional[Path] = typer.Option(None, help="a .jinja chat template to use instead of the tokenizer's"),
           skip_bad_rows: bool = typer.Option(False, help="skip malformed rows (counted in the summary) instead of stopping"),
-          strategy: Optional[str] = typer.Option(None, help="position strategy: contiguous, cream, pose, randpos"),
+          strategy: Optional[str] = typer.Option(None, help="position strategy: contiguous, cream, pose, randpos, longrecipe"),
           strategy_param: Optional[List[str]] = typer.Option(None, "--strategy-param", help="e.g. sigma=auto, mode=relativity (repeatable)"),
           param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="RoPE method parameter key=value (repeatable)"),
           train_length: Optional[str] = typer.Option(None, help="tokens per training sample (default: target, or native for cream-paper)"),
@@ -308,9 +308,14 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
           save_steps: int = typer.Option(50, help="checkpoint every N optimizer steps"),
           resume: bool = typer.Option(False, help="continue from the last checkpoint in --output"),
           overwrite: bool = typer.Option(False, help="write into a non-empty --output"),
-          device: str = typer.Option("auto")):
-    """Extend a model and fine-tune it (full or LoRA), with CREAM/PoSE/RandPos position strategies, on one CPU,
-    one GPU, or many with `accelerate launch`. The output directory is a checkpoint `ropekit.load_model` restores."""
+          device: str = typer.Option("auto"),
+          replay_data: Optional[str] = typer.Option(None, help="longrecipe stage 1 data (default: synthetic conversations)"),
+          replay_length: Optional[str] = typer.Option(None, help="longrecipe stage 1 tokens per sample (default: native length)"),
+          replay_steps: Optional[int] = typer.Option(None, help="longrecipe stage 1 steps (default: the paper's 68/240 of stage 0's tokens)"),
+          merge_weight: float = typer.Option(0.5, help="longrecipe merge: w·replayed + (1 − w)·original")):
+    """Extend a model and fine-tune it (full or LoRA), with CREAM/PoSE/RandPos/LongRecipe position strategies, on one
+    CPU, one GPU, or many with `accelerate launch`. The output directory is a checkpoint `ropekit.load_model` restores.
+    `--recipe longrecipe` runs three stages into OUT/stage0, OUT/stage1 and the merged model in OUT."""
     from .train import TrainOptions
     from .train import train as run_train
 
@@ -324,7 +329,8 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
         attention=attention, group_ratio=group_ratio, s2_min_length=s2_min_length, s2_kernel=s2_kernel,
         gradient_checkpointing=gradient_checkpointing, chunked_loss=chunked_loss, tile_mlp=tile_mlp,
         offload_activations=offload_activations, liger=liger, precision=precision, attn_implementation=attn_implementation,
-        seed=seed, save_steps=save_steps, resume=resume, overwrite=overwrite, device=device))
+        seed=seed, save_steps=save_steps, resume=resume, overwrite=overwrite, device=device, replay_data=replay_data,
+        replay_length=replay_length, replay_steps=replay_steps, merge_weight=merge_weight))
     if not summary["main_process"]:
         return
     data_line = summary["data"]
@@ -333,6 +339,55 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
     console.print(f"data: {data_line['source']}: {data_line['examples']} examples" +
                   (f", skipped {data_line['skipped']} malformed rows (first: {data_line['first_error']})" if data_line["skipped"] else ""),
                   highlight=False)
+    if "stages" in summary:
+        console.print(f"longrecipe: stage0 (extension) and stage1 ({summary['replay_steps']} replay steps, final loss "
+                      f"{summary['replay_final_loss']:.4f}) in {output}/stage0, /stage1; merged with weight {summary['merge_weight']} "
+                      f"into {output}", highlight=False)
+
+
+@app.command()
+@friendly
+def merge(a: str = typer.Argument(..., help="checkpoint A (its config and tokenizer are kept): directory or smollm2-135m"),
+          b: str = typer.Argument(..., help="checkpoint B: directory or smollm2-135m"),
+          weight: float = typer.Option(0.5, "--weight", "-w", help="w in w·A + (1 − w)·B"),
+          output: Path = typer.Option(..., "--output", "-o", help="new directory for the merged checkpoint"),
+          overwrite: bool = typer.Option(False, help="write into a non-empty output directory")):
+    """Average two checkpoints of one architecture tensor by tensor, streamed shard by shard (LongRecipe's merge)."""
+    from .merge import merge as run_merge
+
+    summary = run_merge(a, b, output, weight=weight, overwrite=overwrite)
+    console.print(f"[green]merged[/] {summary['tensors']} tensors in {summary['shards']} shard(s): {weight}·{a} + {1 - weight:g}·{b} → "
+                  f"{output}{' (head untied)' if summary['untied_head'] else ''}", highlight=False)
+
+
+data_app = typer.Typer(help="Prepare training data (LongRecipe's sentence selection).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("select")
+@friendly
+def data_select(output: Path = typer.Option(..., "--output", "-o", help="rows as JSONL {\"text\": ...} for `ropekit train --data`"),
+                data: str = typer.Option("shakespeare", help="shakespeare or synthetic (offline), or a .txt/.jsonl/.json/.parquet/directory"),
+                target_length: str = typer.Option("32k", "--target-length", "-t", help="the target the rows train for"),
+                fraction: float = typer.Option(0.3, help="tokens per row as a fraction of the target (the paper's 30%)"),
+                train_length: Optional[str] = typer.Option(None, help="tokens per row (overrides --fraction)"),
+                rule: str = typer.Option("digits", help="digits (the reference code's rule) or logit-change (the paper's analysis)"),
+                p: float = typer.Option(0.5, "--p", help="digits: probability of keeping a sentence without a digit"),
+                model: str = typer.Option(DEFAULT_MODEL, "--model", help="tokenizer, and the original model H for logit-change"),
+                extended: Optional[str] = typer.Option(None, help="logit-change: the extended model H' (any ropekit checkpoint)"),
+                top: float = typer.Option(0.2, help="logit-change: fraction of tokens kept as top-ranked"),
+                window: Optional[str] = typer.Option(None, help="logit-change: scoring window (default: H's native length)"),
+                rows: Optional[int] = typer.Option(None, help="stop at this many rows (digits: repeat passes with fresh draws)"),
+                seed: int = typer.Option(0),
+                overwrite: bool = typer.Option(False, help="replace an existing --output file"),
+                device: str = typer.Option("auto")):
+    """Select sentences (LongRecipe's impactful-token data) and write rows that each hold the token budget."""
+    from .selection import select_command
+
+    report = select_command(output, data=data, target_length=target_length, fraction=fraction, train_length=train_length, rule=rule,
+                            p=p, model=model, extended=extended, top=top, window=window, rows=rows, seed=seed, overwrite=overwrite,
+                            device=device)
+    console.print(f"[green]wrote[/] {report.rows} rows → {output}; {report.summary()}", highlight=False)
 
 
 @app.command()

@@ -40,6 +40,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     turns: list[int] = field(default_factory=list)  # token offsets where a user turn starts (conversation split points)
+    where: str | None = None  # e.g. "data.jsonl line 17", to name the row in later checks
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -263,6 +264,7 @@ def _text_files(files: list[Path], tokenizer, source: str):
         report.rows += 1
         if text.strip():
             examples.append(tokenize_text(tokenizer, text))
+            examples[-1].where = file.name
     return _finish(examples, report)
 
 
@@ -295,12 +297,14 @@ def _rows(rows, tokenizer, kind: str, skip_bad_rows: bool, source: str):
                     raise RopekitError("the tokenizer has no chat template, which conversations need",
                                        "pass --chat-template FILE.jinja, or train on plain text")
                 examples.append(tokenize_conversation(tokenizer, conversation_messages(row)))
+                examples[-1].where = where
             elif row_kind == "text":
                 text = row.get("text") if isinstance(row, dict) else None
                 if not isinstance(text, str):
                     raise BadRow(f"field 'text' must be a string, got {type(text).__name__}")
                 if text.strip():
                     examples.append(tokenize_text(tokenizer, text))
+                    examples[-1].where = where
             else:
                 raise BadRow("no 'conversations', 'messages' or 'text' field")
         except BadRow as err:

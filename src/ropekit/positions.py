@@ -16,6 +16,10 @@ document ``doc`` ``[len(doc)]``, the ``input_ids`` ``[train_length]`` that go wi
   ids ``0..r1-1``, the second shifted by a uniform skip ``u ∈ [0, L-N]``; content of chunk 2 taken from a random
   end point of the document (truncated to ``doc_window`` tokens, default L).
 * ``randpos`` — RandPos (Ruoss et al. 2023, arXiv 2305.16843): N distinct ids drawn uniformly from ``[0, L)``, sorted.
+* ``longrecipe`` — LongRecipe (Hu et al. 2024, arXiv 2409.00509, App. C Alg. 1; zhiyuanhubj/LongRecipe@bcc7692):
+  the document's first N tokens, ids consecutive inside each sentence, random gaps after sentence ends that sum to
+  ``L - N`` (last id ``L - 1``). Needs ``sentence_ends`` (see :func:`sentence_end_ids`); docs/training.md lists the
+  choices made where the reference code and the paper differ.
 
 Choices where the CREAM spec leaves a question open (docs/training.md has the reasoning):
 
@@ -199,6 +203,79 @@ def sample_pose(doc, n: int, target: int, generator: torch.Generator, doc_window
 def sample_randpos(doc, n: int, target: int, generator: torch.Generator):
     positions = torch.sort(torch.randperm(target, generator=generator)[:n]).values
     return (doc[:n] if doc is not None else None), positions
+
+
+# ----------------------------------------------------------------------------------------------------------- LongRecipe
+
+
+SENTENCE_END_CHARACTERS = (".", "!", "?", "\n")
+
+
+def sentence_end_ids(tokenizer) -> frozenset[int]:
+    """The token ids that end a sentence for LongRecipe: those whose decoded text, trailing spaces and tabs stripped,
+    ends in ``.``, ``!``, ``?`` or a newline. Special tokens are excluded; nothing is hard-coded per tokenizer (the
+    reference code's Llama-3 ids 13/198/30/0/627 are what this finds for Llama 3)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special |= {i for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items() if getattr(token, "special", False)}
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return frozenset(i for i, text in zip(ids, texts) if text.rstrip(" \t").endswith(SENTENCE_END_CHARACTERS))
+
+
+def sentence_end_offsets(input_ids, end_ids) -> torch.Tensor:
+    """Offsets ``[k]`` (int64, increasing) of the tokens of ``input_ids`` that are in ``end_ids`` (a sentence-end set)."""
+    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    return torch.nonzero(torch.isin(ids, _as_tensor(end_ids))).flatten()
+
+
+def _as_tensor(values) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.flatten().long()
+    return torch.tensor(sorted(int(v) for v in values), dtype=torch.long)
+
+
+def longrecipe_positions(is_end: torch.Tensor, target: int, generator: torch.Generator, head_chunk: bool = False) -> torch.Tensor:
+    """Position ids ``[N]`` for N tokens whose sentence ends are marked in ``is_end`` ``[N]`` (bool).
+
+    Algorithm 1 of the paper on the tokens actually trained on: ids are consecutive inside a sentence (a sentence
+    ends *with* its end token) and a gap may follow only an end token that is not the sample's last. The gaps are a
+    uniform random weak composition of ``target - N`` over those K slots (stars and bars: K-1 distinct bars among
+    ``target - N + K - 1`` cells), so the last id is exactly ``target - 1``. With no slot the ids stay ``0..N-1``.
+    ``head_chunk``: the reference code's contiguous head — the first ``h ~ U{1..N/2}`` tokens get ``0..h-1`` with no
+    gap inside, and the boundary after the head is a slot of its own (the code's jump there), sentence end or not.
+    """
+    n = is_end.numel()
+    slot = is_end.clone()
+    slot[n - 1] = False  # nothing follows the last token
+    if head_chunk:
+        head = _randint(1, max(1, n // 2), generator)
+        slot[:head] = False
+        if head < n:
+            slot[head - 1] = True
+    slots = torch.nonzero(slot).flatten()
+    k, total = slots.numel(), target - n
+    steps = torch.ones(n, dtype=torch.long)
+    steps[0] = 0
+    if k and total:
+        bars = torch.sort(torch.randperm(total + k - 1, generator=generator)[: k - 1]).values
+        edges = torch.cat([torch.tensor([-1]), bars, torch.tensor([total + k - 1])])
+        steps[slots + 1] += edges[1:] - edges[:-1] - 1  # each part of the composition: cells between two bars
+    return torch.cumsum(steps, 0)
+
+
+@_register("longrecipe", "LongRecipe: sentence-gapped ids spanning [0, target), gaps only after sentence ends",
+           sentence_ends=None, head_chunk=False)
+def sample_longrecipe(doc, n: int, target: int, generator: torch.Generator, sentence_ends=None, head_chunk: bool = False):
+    if doc is None or sentence_ends is None:
+        raise RopekitError("the longrecipe strategy places its gaps at sentence ends, so it needs the document and its sentence ends",
+                           "call ropekit.positions.sample('longrecipe', doc, N, L, generator, sentence_ends=...) "
+                           "(ropekit train fills them from the tokenizer)")
+    if doc.numel() < n:
+        raise RopekitError(f"longrecipe needs documents of at least {n} tokens, got {doc.numel()}",
+                           "use longer documents (ropekit data select fills rows to the budget) or a shorter --train-length")
+    tokens = doc[:n]
+    positions = longrecipe_positions(torch.isin(tokens, _as_tensor(sentence_ends)), target, generator, head_chunk)
+    return tokens, positions
 
 
 # ------------------------------------------------------------------------------------------------------------------ API

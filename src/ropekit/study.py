@@ -91,6 +91,13 @@ def _native(label, method, target, strategy, factor):
                         "strategy_params": {"sigma": "auto"} if strategy == "cream" else {}})
 
 
+def _longrecipe(label, method, target, factor):
+    # LongRecipe beside PoSE at the same stage-0 budget: PoSE's train length (8K, not the recipe's 30% of the target),
+    # steps and samples; then its own replay (68/240 of those tokens, lr / 10) and merge with the original.
+    pose = _native(label, method, target, "pose", factor)
+    return Run(label, method, target, recipe="longrecipe", strategy="longrecipe", options={**pose.options, "train_length": "8k"})
+
+
 PRESETS = {
     "smollm2-64k": Preset(
         "smollm2-64k", "SmolLM2-135M (8K native) to 32K and 64K: PI, NTK, YaRN, ABF, EABF fine-tuned at the target with 100 "
@@ -103,6 +110,7 @@ PRESETS = {
             Run("yarn-logscale-free", "yarn+logscale", "64k", train=False), Run("self-extend-free", "self_extend", "64k", train=False),
             *[_eabf_style(f"{m}-{t}", m, t) for t in ("32k", "64k") for m in ("linear", "ntk", "yarn", "abf", "eabf")],
             *[_native(f"{s}-{m}-{t}", m, t, s, f) for t, f in (("32k", 4), ("64k", 8)) for s in ("cream", "pose") for m in ("linear", "yarn")],
+            *[_longrecipe(f"longrecipe-{m}-{t}", m, t, f) for t, f in (("32k", 4), ("64k", 8)) for m in ("linear", "yarn")],
             _longlora("pi-loraplus-64k", "64k", "full", **_FT), _longlora("longlora-64k", "64k", "s2", **_FT),
             # Beyond the paper, measured next to eabf-32k under the same budget:
             _eabf_style("yarn-logscale-32k", "yarn+logscale", "32k"),
@@ -134,9 +142,10 @@ PRESETS = {
                   ("linear-32k", "ntk-32k", "yarn-32k", "abf-32k", "yarn-logscale-32k", "eabf-entropy-32k")),
             Slice("rest-64k", "fine-tuned at 64K (PI, NTK, YaRN, ABF, EABF); CREAM and PoSE trained at 8K: with PI for 64K, "
                   "PoSE-YaRN for 64K (CREAM-YaRN's comparison), and the 32K rows; LongLoRA (PI + S²-Attn + LoRA+) next to "
-                  "PI + LoRA+ with full attention at 64K",
+                  "PI + LoRA+ with full attention at 64K; LongRecipe (PI, YaRN) at PoSE's stage-0 budget",
                   ("linear-64k", "ntk-64k", "yarn-64k", "abf-64k", "eabf-64k", "cream-linear-64k", "pose-linear-64k", "pose-yarn-64k",
-                   "cream-linear-32k", "cream-yarn-32k", "pose-linear-32k", "pose-yarn-32k", "pi-loraplus-64k", "longlora-64k")),
+                   "cream-linear-32k", "cream-yarn-32k", "pose-linear-32k", "pose-yarn-32k", "pi-loraplus-64k", "longlora-64k",
+                   "longrecipe-linear-32k", "longrecipe-yarn-32k", "longrecipe-linear-64k", "longrecipe-yarn-64k")),
         ),
     ),
     "smollm2-cpu-smoke": Preset(
@@ -151,12 +160,14 @@ PRESETS = {
                 options={"train_length": "1k", "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "samples": 4}),
             Run("pose-linear-16k", "linear", "16k", recipe="cream-paper", strategy="pose",
                 options={"train_length": "1k", "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "samples": 4}),
+            Run("longrecipe-linear-16k", "linear", "16k", recipe="longrecipe", strategy="longrecipe",
+                options={"train_length": "1k", "max_steps": 2, "warmup_steps": 0, "batch_size": 2, "samples": 4, "replay_length": "1k"}),
             Run("pi-16k", "linear", "16k", recipe="smoke", options={"samples": 4, "train_length": "1k", "max_steps": 2}),
             _longlora("pi-loraplus-16k", "16k", "full", recipe="smoke", samples=4, train_length="1k", max_steps=2),
             _longlora("longlora-16k", "16k", "s2", recipe="smoke", samples=4, train_length="1k", max_steps=2, s2_min_length=0),
         ),
         (2048, 9216),
-        {"passkey": {"trials": 1}, "niah": {"depths": [0.5]}, "ppl": {"windows": 1}, "kv": {"trials": 1, "positions": [0.5]},
+        {"passkey": {"trials": 10}, "niah": {"depths": [0.5]}, "ppl": {"windows": 1}, "kv": {"trials": 1, "positions": [0.5]},
          "entropy": {"documents": 1, "queries": 32}},
         {"learning_rate": 1e-4, "precision": "fp32", "micro_batch_size": 1, "batch_size": 2, "save_steps": 1000},
     ),
@@ -222,7 +233,8 @@ def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto"
         if not run.train or (target_dir / "training_summary.json").exists():
             continue
         options = {**preset.common, **run.options}
-        resume = any(target_dir.glob("checkpoint-*"))
+        # an interrupted run continues: its checkpoints, or LongRecipe's started stages (OUT/stage0/checkpoint-*, …)
+        resume = any(target_dir.glob("checkpoint-*")) or (run.recipe == "longrecipe" and (target_dir / "stage0").is_dir())
         train(TrainOptions(model=preset.model, method=run.method, target_length=run.target, output=target_dir, recipe=run.recipe,
                            strategy=run.strategy, device=device, progress=progress, overwrite=not resume, resume=resume, **options))
     if train_only:

@@ -21,12 +21,12 @@ from pathlib import Path
 from .data import DataReport, Example, chunk_documents, load_data, load_rows, pack, split_conversations
 from .embedded import DEFAULT_MODEL
 from .errors import RopekitError
-from .extension import extend, native_length_of
+from .extension import extend, native_length_of, text_config
 from .lengths import parse_length
 from .memory import make_chunked_loss, tile_mlp, untile_mlp
 from .models import load_model
 from .parallel import check_launch, fallback_note, layout, read_launch
-from .positions import check_params, get_strategy
+from .positions import check_params, get_strategy, sentence_end_ids
 from .training import EpochCallback, LossLog, RopekitTrainer, TrainingSet, collate, collate_padded, get_recipe
 
 
@@ -80,6 +80,11 @@ class TrainOptions:
     overwrite: bool = False
     device: str = "auto"
     progress: bool = True
+    # recipe "longrecipe" only (ropekit.longrecipe): stage 1 replay data, length and steps, stage 2 merge weight
+    replay_data: str | None = None  # None: synthetic conversations
+    replay_length: int | str | None = None  # None: the native length
+    replay_steps: int | None = None  # None: the paper's 68/240 of stage 0's tokens
+    merge_weight: float = 0.5  # merged = w·replayed + (1 − w)·original
 
 
 def is_main_process() -> bool:
@@ -144,8 +149,8 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
         rows = full + (pack(short, train_length) if options.pack else short)
         if options.pack and short:
             report.notes.append(f"packed {len(short)} short examples into {len(rows) - len(full)} rows with position resets")
-    else:
-        rows = [e for e in examples if len(e) >= train_length]
+    else:  # longrecipe keeps every row: TrainingSet stops on a short one, naming it
+        rows = examples if strategy == "longrecipe" else [e for e in examples if len(e) >= train_length]
         if len(rows) < len(examples):
             report.notes.append(f"{strategy}: kept {len(rows)} of {len(examples)} documents with at least {train_length} tokens")
         if not rows:
@@ -205,7 +210,12 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     """Extend ``options.model`` with ``options.method``, fine-tune it, save it in ``options.output``; returns a summary.
 
     ``callbacks``: extra transformers ``TrainerCallback`` objects (e.g. for your own logging).
+    The ``longrecipe`` recipe runs its three stages (:func:`ropekit.longrecipe.train_longrecipe`), each a call of this.
     """
+    if options.recipe == "longrecipe":
+        from .longrecipe import train_longrecipe
+
+        return train_longrecipe(options, callbacks)
     started = time.time()
     recipe = get_recipe(options.recipe)
     method = options.method or recipe.method
@@ -218,12 +228,16 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     model, tokenizer = load_model(options.model, device=options.device, dtype="float32", attn_implementation=options.attn_implementation)
     if tokenizer is None:
         raise RopekitError(f"{options.model} has no tokenizer", "train from a checkpoint saved with its tokenizer")
-    extend(model, method, target_length=target, **options.method_params)
+    record = getattr(text_config(model), "ropekit", None) or {}
+    if options.method is None and record.get("method") not in (None, "none"):  # continued training keeps the extension
+        method, target = record["method"], record.get("target_length") or target
+    else:
+        extend(model, method, target_length=target, **options.method_params)
     native = native_length_of(model.config)
     if options.train_length is not None:
         train_length = parse_length(options.train_length, "training length")
-    else:
-        train_length = target if recipe.train_at == "target" else native
+    else:  # recipe.train_at: "target", "native" or a fraction of the target
+        train_length = {"target": target, "native": native}.get(recipe.train_at) or round(float(recipe.train_at) * target)
     if train_length > target:
         raise RopekitError(f"training length {train_length} exceeds the target {target}", "train at most at the target length")
 
@@ -239,7 +253,8 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
         s2 = {"group_ratio": options.group_ratio, "kernel": options.s2_kernel,
               "min_length": native if options.s2_min_length is None else options.s2_min_length}
     rows, report = prepare_rows(options, recipe, tokenizer, strategy, train_length)
-    dataset = TrainingSet(rows, strategy, train_length, target, seed=options.seed, params=strategy_params)
+    dataset = TrainingSet(rows, strategy, train_length, target, seed=options.seed, params=strategy_params,
+                          sentence_ends=sentence_end_ids(tokenizer) if strategy == "longrecipe" else None)
 
     if options.lora_r:
         model = apply_lora(model, options)

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 
 from .data import IGNORE, Example
 from .errors import RopekitError
-from .positions import get_strategy, sample, sample_generator
+from .positions import get_strategy, sample, sample_generator, sentence_end_offsets
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Recipe:
     source: str
     method: str  # default RoPE method
     strategy: str  # position strategy
-    train_at: str  # "target": train at the target length; "native": at the pre-trained length
+    train_at: str  # "target": train at the target length; "native": at the pre-trained length; "0.3": that fraction of the target
     data: str  # default data when none is given: "chat" (synthetic conversations, loss on the answers), "text" (Shakespeare,
     # loss on every token) or "mix" (half each: the retrieval skill and language modelling in the same steps)
     learning_rate: float
@@ -67,6 +67,20 @@ RECIPES = {
         method="linear", strategy="cream", train_at="native", data="text", learning_rate=2e-5, schedule="linear",
         warmup_steps=10, epochs=1, max_steps=1000, batch_size=32, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0,
         max_grad_norm=1.0, samples=0, min_tokens_fraction=0.0),
+    # LongRecipe stage 0 (Hu et al. 2024, arXiv 2409.00509, App. A Tab. 4; zhiyuanhubj/LongRecipe scripts): 30% of the
+    # target per sample, lr 5e-5 constant (DeepSpeed WarmupLR with 0 warm-up steps), AdamW (0.9, 0.999), wd 0.1, batch 96,
+    # 1 epoch. "longrecipe" runs it and then the replay and merge stages (ropekit.longrecipe); "longrecipe-extend" and
+    # "longrecipe-replay" are its stages, runnable alone. Method "abf" with θ from the paper's dynamic-NTK rule (set there).
+    "longrecipe-extend": Recipe(
+        "longrecipe-extend", "Hu et al. 2024, arXiv 2409.00509, App. A Tab. 4 and zhiyuanhubj/LongRecipe (stage 0: extension)",
+        method="abf", strategy="longrecipe", train_at="0.3", data="text", learning_rate=5e-5, schedule="constant",
+        warmup_steps=0, epochs=1, max_steps=-1, batch_size=96, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.1,
+        max_grad_norm=1.0, samples=0, min_tokens_fraction=0.0),
+    "longrecipe-replay": Recipe(
+        "longrecipe-replay", "Hu et al. 2024, arXiv 2409.00509 §4.3 and zhiyuanhubj/LongRecipe (stage 1: replay, lr 5e-6 = stage 0's / 10)",
+        method="abf", strategy="contiguous", train_at="native", data="chat", learning_rate=5e-6, schedule="constant",
+        warmup_steps=0, epochs=1, max_steps=-1, batch_size=96, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.1,
+        max_grad_norm=1.0, samples=96, min_tokens_fraction=0.0),
     "longlora": Recipe(
         "longlora", "Chen et al. 2024, arXiv 2309.12307; dvlab-research/LongLoRA fine-tune.py and README command",
         method="linear", strategy="contiguous", train_at="target", data="text", learning_rate=2e-5,
@@ -79,6 +93,10 @@ RECIPES = {
         warmup_steps=0, epochs=1, max_steps=4, batch_size=2, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
         max_grad_norm=1.0, samples=8, min_tokens_fraction=0.0),
 }
+
+
+RECIPES["longrecipe"] = replace(RECIPES["longrecipe-extend"], name="longrecipe",
+                                source="Hu et al. 2024, arXiv 2409.00509 (extension on 30% of the target, replay, merge)")
 
 
 def get_recipe(name: str, **overrides) -> Recipe:
@@ -99,10 +117,21 @@ class TrainingSet(torch.utils.data.Dataset):
     (seed, epoch, index), and gather the matching tokens and labels from the document.
     """
 
-    def __init__(self, rows: list, strategy: str, train_length: int, target_length: int, seed: int = 0, params: dict | None = None):
+    def __init__(self, rows: list, strategy: str, train_length: int, target_length: int, seed: int = 0, params: dict | None = None,
+                 sentence_ends: frozenset[int] | None = None):
         get_strategy(strategy)
         self.rows, self.strategy, self.train_length, self.target_length = rows, strategy, train_length, target_length
         self.seed, self.params, self.epoch = seed, params or {}, 0
+        self.end_offsets = None
+        if strategy == "longrecipe":  # the strategy sees offsets as `doc`, so it gets each row's sentence-end offsets
+            if sentence_ends is None:
+                raise RopekitError("TrainingSet with the longrecipe strategy needs the tokenizer's sentence-end ids",
+                                   "pass sentence_ends=ropekit.positions.sentence_end_ids(tokenizer)")
+            by_row = {}
+            for i, row in enumerate(rows):
+                if id(row) not in by_row:
+                    by_row[id(row)] = check_sentence_row(row, i, sentence_ends, train_length)
+            self.end_offsets = [by_row[id(row)] for row in rows]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -121,9 +150,24 @@ class TrainingSet(torch.utils.data.Dataset):
             return {"input_ids": torch.tensor(ids[:n]), "labels": torch.tensor(labels[:n]), "position_ids": torch.tensor(positions[:n]),
                     "jumps": False}
         generator = sample_generator(self.seed, self.epoch, index)
-        offsets, positions = sample(self.strategy, torch.arange(len(row)), self.train_length, self.target_length, generator, **self.params)
+        params = self.params if self.end_offsets is None else {**self.params, "sentence_ends": self.end_offsets[index]}
+        offsets, positions = sample(self.strategy, torch.arange(len(row)), self.train_length, self.target_length, generator, **params)
         ids, labels = torch.tensor(row.input_ids)[offsets], torch.tensor(row.labels)[offsets]
         return {"input_ids": ids, "labels": labels, "position_ids": positions, "jumps": True}
+
+
+def check_sentence_row(row, index: int, sentence_ends: frozenset[int], train_length: int) -> torch.Tensor:
+    """A LongRecipe row's sentence-end offsets; a row shorter than the training length, or without a sentence end
+    before its last trained token, stops the run before any step with one line naming it."""
+    name = getattr(row, "where", None) or f"example {index}"
+    if len(row) < train_length:
+        raise RopekitError(f"{name}: {len(row)} tokens, shorter than the longrecipe training length {train_length}",
+                           "make every row at least that long (ropekit data select fills rows to the budget) or lower --train-length")
+    offsets = sentence_end_offsets(row.input_ids, sentence_ends)
+    if not bool((offsets < train_length - 1).any()):
+        raise RopekitError(f"{name}: no sentence end (a token ending in '.', '!', '?' or a newline) in its first {train_length} tokens, "
+                           "so longrecipe has nowhere to put its gaps", "remove the row or split the text into sentences")
+    return offsets
 
 
 def collate_padded(rows: list[dict], multiple: int = 1) -> dict:

@@ -149,8 +149,10 @@ def main(out_dir: Path):
     _attach_context_parallel_hooks(model)  # what accelerate attaches to every self_attn when it prepares a CP model
     docs = [Example(random_ids(400, seed=s)[0].tolist(), random_ids(400, seed=s)[0].tolist()) for s in (1, 2)]
     results = {"scale_layers": model.config.ropekit["attention"]["logit_scale"]["layers"]}
-    for strategy in ("cream", "pose"):
-        dataset = TrainingSet(docs, strategy, train_length=64, target_length=512, seed=3)
+    # LongRecipe: every 7th token id ends a sentence (about one in 7 tokens), so its gaps land inside the 64-token rows
+    ends = {"longrecipe": {"sentence_ends": frozenset(range(3, 256, 7))}}
+    for strategy in ("cream", "pose", "longrecipe"):
+        dataset = TrainingSet(docs, strategy, train_length=64, target_length=512, seed=3, **ends.get(strategy, {}))
         rows = [dataset[0], dataset[1]]
         results[strategy] = compare(model, plain, accelerator, rows, [64, 64])
     # contiguous rows of unequal length: the CP collator pads them (positions keep counting, labels ignored)
