@@ -200,7 +200,7 @@ def compare(model: str = typer.Option(DEFAULT_MODEL, "--model", help="base model
             checkpoints: Optional[str] = typer.Option(None, help="comma-separated checkpoint directories evaluated as they are"),
             target_length: str = typer.Option("32k", "--target-length", "-t", help="target window for every method"),
             lengths: str = typer.Option("4k,12k", help="evaluation lengths; the CPU default stays ≤ 12K tokens"),
-            tasks: str = typer.Option("passkey_ppl", help=TASKS_HELP),
+            tasks: str = typer.Option("passkey,ppl", help=TASKS_HELP + "; passkey_ppl scores both from one forward"),
             task_option: Optional[List[str]] = typer.Option(None, "--task-option", help="task.option=JSON, e.g. passkey.trials=20 (repeatable)"),
             trials: int = typer.Option(1, min=1, help=TRIALS_HELP),
             windows: int = typer.Option(1, min=1, help=WINDOWS_HELP),
