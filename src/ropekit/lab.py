@@ -216,7 +216,7 @@ class Mix:
 
     passkey: float = 0.4
     kv: float = 0.4
-    full_length: float = 0.5
+    full_length: float = 0.75
     kv_pairs: tuple[int, int] = (4, 12)  # pairs per key–value training sequence, uniform in this range
 
 
@@ -604,7 +604,7 @@ BUDGETS = {
 # The recipe, top to bottom
 
 
-DATA_VERSION = 2  # bump when the generators change what a training row holds: cached pre-trainings are then redone
+DATA_VERSION = 3  # bump when the generators change what a training row holds: cached pre-trainings are then redone
 
 
 def pretrained_dir(budget: Budget, shape: Shape, seed: int) -> Path:
