@@ -116,3 +116,16 @@ def test_bad_dtype_and_device():
         ropekit.load_model("smollm2-135m", dtype="float8")
     with pytest.raises(ropekit.RopekitError, match="unknown device"):
         ropekit.models.pick_device("tpu9")
+
+
+def test_retrieval_keys_from_a_truncated_corpus_are_refused_in_one_line(monkeypatch):
+    """A damaged corpus cache (a few words) names the folder to delete instead of an IndexError inside the tokenizer."""
+    from ropekit.errors import RopekitError
+    from ropekit.eval import retrieval
+    from ropekit.testing import tiny_tokenizer
+
+    monkeypatch.setattr(retrieval, "natural_text", lambda source: "To be, or not to be.")
+    monkeypatch.setattr(retrieval, "_KEY_POOLS", {})
+    with pytest.raises(RopekitError) as err:
+        retrieval.kv_sample(tiny_tokenizer(), 700, [0.5], __import__("random").Random(0))
+    assert "distinct words" in one_line(err.value) and "ROPEKIT_CACHE" in str(err.value)

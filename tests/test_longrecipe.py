@@ -174,7 +174,7 @@ def _check_end_ids(tokenizer, ends):
 def test_sentence_end_ids_of_smollm2():
     from transformers import AutoTokenizer
 
-    from ropekit.embedded import default_model_dir
+    from ropekit.models import default_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     _check_end_ids(tokenizer, sentence_end_ids(tokenizer))

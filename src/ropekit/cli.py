@@ -316,7 +316,7 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
     """Extend a model and fine-tune it (full or LoRA), with CREAM/PoSE/RandPos/LongRecipe position strategies, on one
     CPU, one GPU, or many with `accelerate launch`. The output directory is a checkpoint `ropekit.load_model` restores.
     `--recipe longrecipe` runs three stages into OUT/stage0, OUT/stage1 and the merged model in OUT."""
-    from .train import TrainOptions
+    from .train import TrainOptions, close_process_group
     from .train import train as run_train
 
     summary = run_train(TrainOptions(
@@ -331,6 +331,7 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
         offload_activations=offload_activations, liger=liger, precision=precision, attn_implementation=attn_implementation,
         seed=seed, save_steps=save_steps, resume=resume, overwrite=overwrite, device=device, replay_data=replay_data,
         replay_length=replay_length, replay_steps=replay_steps, merge_weight=merge_weight))
+    close_process_group()
     if not summary["main_process"]:
         return
     data_line = summary["data"]

@@ -92,6 +92,16 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def close_process_group() -> None:
+    """End a launched run cleanly: wait for every process, then destroy the process group. Left to interpreter exit,
+    the communication threads can be torn down in any order and a finished run may still abort a process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def check_output(options: TrainOptions) -> Path:
     out = Path(options.output).expanduser()
     if options.resume:

@@ -20,7 +20,7 @@ import accelerate.state
 from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 
-from ropekit.train import TrainOptions, train
+from ropekit.train import TrainOptions, close_process_group, train
 
 _init = accelerate.state.AcceleratorState.__init__
 
@@ -58,3 +58,4 @@ if __name__ == "__main__":
     shards = Path(sys.argv[2])
     shards.mkdir(parents=True, exist_ok=True)
     train(TrainOptions(**json.loads(sys.argv[1])), callbacks=[RecordShards(shards)])
+    close_process_group()  # left to interpreter exit, gloo's threads once aborted a finished run

@@ -67,6 +67,10 @@ def key_words(tokenizer, before: str) -> list[str]:
     if cache not in _KEY_POOLS:
         counts = Counter(re.findall(r"(?<![A-Za-z'])[a-z]{4,10}(?![A-Za-z'])", natural_text("shakespeare")))
         words = sorted(counts, key=lambda w: (-counts[w], w))[SKIP_COMMONEST:]
+        if not words:
+            raise RopekitError(f"retrieval keys: the Shakespeare corpus has only {len(counts)} distinct words of 4-10 letters "
+                               "(the tasks need more than a hundred)", "delete the corpus folder in ROPEKIT_CACHE so it is "
+                               "fetched again")
         base = len(tokenizer(before, add_special_tokens=False).input_ids)
         sizes = [len(ids) - base for ids in tokenizer([before + w for w in words], add_special_tokens=False).input_ids]
         _KEY_POOLS[cache] = [w for _, _, w in sorted(zip(sizes, range(len(words)), words))]
