@@ -259,3 +259,42 @@ def test_cli_lists_rows_and_refuses_bad_input_in_one_line(monkeypatch, tmp_path)
         result = runner.invoke(app, ["lab", "--output", str(tmp_path / "out"), *args])
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "out").exists()  # refused before anything was written or trained
+
+
+def test_longrecipe_and_longlora_rows_train_with_their_own_positions_and_attention(tmp_path, monkeypatch, small_texts):
+    """The two rows issues 17 and 18 add to the lab table: `longrecipe-pi` trains on sentence-gapped position ids
+    spanning the 4× target (lab rows all hold sentence ends), `longlora-pi` trains at 4× with S²-Attn open."""
+    monkeypatch.setenv("ROPEKIT_CACHE", str(tmp_path / "cache"))
+    import ropekit.training
+    from ropekit import longlora
+
+    s2_calls, spans = [], []
+    original_call, original_sample = longlora.S2Training.__call__, ropekit.training.sample
+
+    def counting_call(self, *args, **kwargs):
+        s2_calls.append(self.group_ratio)
+        return original_call(self, *args, **kwargs)
+
+    def recording_sample(name, doc, train_length, target_length, generator, **kwargs):
+        ids, pos = original_sample(name, doc, train_length, target_length, generator, **kwargs)
+        if name == "longrecipe":
+            spans.append(int(pos[-1]))
+        return ids, pos
+
+    monkeypatch.setattr(longlora.S2Training, "__call__", counting_call)
+    monkeypatch.setattr(ropekit.training, "sample", recording_sample)
+    text = tmp_path / "text.txt"
+    text.write_text(EVAL_TEXT * 4)
+    quick = lab.BUDGETS["quick"]
+    budget = replace(quick, pretrain=replace(quick.pretrain, steps=2, warmup=1, batch=4), extend_steps=2, extend_tokens=256,
+                     multiples=(1, 2), curve_every=2, rows=("none", "longrecipe-pi", "longlora-pi"),
+                     tasks={"lab-passkey": {"trials": 2}, "lab-kv": {"trials": 1, "pairs": 3}, "ppl": {"windows": 1, "tail": 8, "source": str(text)}})
+    monkeypatch.setitem(lab.BUDGETS, "quick", budget)
+    shape = lab.Shape(native=64, hidden=32, layers=1, heads=2, intermediate=64)
+    results = lab.lab(tmp_path / "out", quick=True, progress=False, shape=shape)
+    assert [r["label"] for r in results["runs"]] == ["none", "longrecipe-pi", "longlora-pi"]
+    recipe = json.loads((tmp_path / "out" / "seed-0" / "runs" / "longrecipe-pi" / "lab_row.json").read_text())
+    assert recipe["strategy"] == "longrecipe" and recipe["row"]["dataset"]["sentence_ends"] == sorted(lab.SENTENCE_END_IDS)
+    assert spans and max(spans) == 4 * 64 - 1  # gapped ids reach the end of the 4× target
+    assert s2_calls and set(s2_calls) == {0.25}  # S²-Attn ran in longlora-pi's training steps (and nowhere else)
+    assert "| longrecipe-pi | trained at the native window |" in (tmp_path / "out" / "lab.md").read_text()

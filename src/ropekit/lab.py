@@ -39,10 +39,10 @@ The perplexity task is the suite's ``ppl`` (last 64 tokens of windows of *Paradi
 **Adding a row** is one line in :data:`ROWS` (label, method, arm, strategy, options); the budget, caching,
 evaluation, report, ``--list`` and claim tables pick it up. Options reach the pieces they belong to: ``params`` →
 :func:`ropekit.extend`, ``strategy_params`` → the position strategy, ``dataset`` → :class:`~ropekit.training.TrainingSet`,
-``trainer`` → :class:`~ropekit.training.RopekitTrainer`. For example, LongRecipe's sentence-gapped positions and
-LongLoRA's shifted sparse attention (``ropekit train --attention s2``) are::
+``trainer`` → :class:`~ropekit.training.RopekitTrainer`. For example, the rows for LongRecipe's sentence-gapped
+positions and LongLoRA's shifted sparse attention (``ropekit train --attention s2``) are::
 
-    Row("longrecipe-abf", "abf", "native", strategy="longrecipe", dataset={"sentence_ends": SENTENCE_END_IDS}),
+    Row("longrecipe-pi", "linear", "native", strategy="longrecipe", dataset={"sentence_ends": SENTENCE_END_IDS}),
     Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}}),
 """
 
@@ -548,6 +548,10 @@ ROWS = (
     Row("pose-pi", "linear", "native", strategy="pose"),
     Row("pose-yarn", "yarn", "native", strategy="pose"),
     Row("randpos", "none", "native", strategy="randpos"),
+    # LongRecipe's stage 0 only (sentence-gapped positions; no replay or merge), beside pose-pi at the same budget
+    Row("longrecipe-pi", "linear", "native", strategy="longrecipe", dataset={"sentence_ends": SENTENCE_END_IDS}),
+    # LongLoRA's shifted sparse attention while training at 4× (full fine-tune here, no LoRA), beside ft-pi
+    Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}}),
 )
 
 
@@ -670,7 +674,8 @@ def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progre
     length = target if row.arm == "target" else native
     summary = train_lab(model, tokenizer, budget.extend_schedule(length), out, seed, strategy=row.strategy, target_length=target,
                         strategy_params=row.strategy_params, trainer=row.trainer, dataset=row.dataset, progress=progress)
-    (out / "lab_row.json").write_text(json.dumps({"row": asdict(row), "base": str(base), **summary, "cost": _cost(started, cpu)}, indent=1))
+    record = {"row": asdict(row), "base": str(base), **summary, "cost": _cost(started, cpu)}
+    (out / "lab_row.json").write_text(json.dumps(record, indent=1, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))
     return out
 
 
