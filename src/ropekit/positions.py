@@ -46,6 +46,7 @@ from typing import Callable
 import torch
 
 from .errors import RopekitError
+from .registry import parse_bool
 
 
 @dataclass(frozen=True)
@@ -90,14 +91,10 @@ SCALE_SAMPLERS = ("reference", "truncated_normal")
 
 def _flag(value, name: str) -> bool:
     """A boolean parameter given as a Python bool or as CLI text (``--strategy-param tail_overlap=true``)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise RopekitError(f"cream {name}={value!r} is not true or false", f"pass {name}=true or {name}=false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise RopekitError(f"cream {name}={value!r} is not true or false", f"pass {name}=true or {name}=false") from None
 
 
 def cream_scale(s: float, sigma: float, generator: torch.Generator, sampler: str = "reference") -> float:

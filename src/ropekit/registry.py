@@ -51,6 +51,19 @@ class Param:
         return {"float": "4.0", "int": "8", "bool": "true", "str": "value", "floats": "[1.0,1.5]", "layers": "2-29"}[self.kind]
 
 
+def parse_bool(value) -> bool:
+    """A boolean given as a Python bool or as CLI text (``true``/``false``, ``1``/``0``, ``yes``/``no``, ``on``/``off``);
+    raises ValueError otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
 def _convert(kind: str, value: Any) -> Any:
     if value is None:
         return None
@@ -69,14 +82,7 @@ def _convert(kind: str, value: Any) -> Any:
             raise ValueError(f"expected an integer, got {value!r}")
         return int(value)
     if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected true/false, got {value!r}")
+        return parse_bool(value)
     if kind == "str":
         return str(value)
     if kind == "floats":
