@@ -57,3 +57,42 @@ def test_heatmap_sizes_scale_with_the_grid():
     large = heatmap_figure([[50] * 20 for _ in range(20)], [f"{n}K" for n in range(20)], [f"{d}%" for d in range(20)], "large").get_size_inches()
     assert large[0] > 2.5 * small[0] and large[1] > 3 * small[1]
     assert small[0] >= 4 and small[1] >= 2  # the smallest grid still has room for its title and colour bar
+
+
+@pytest.mark.parametrize("count", [3, 17])
+def test_line_plots_keep_every_run_apart(tmp_path, monkeypatch, count):
+    """The lab's 17 rows in one plot: every line has its own colour-and-style, and a long legend sits outside the
+    axes (inside the figure) so it hides no line; a short one stays inside."""
+    from ropekit import report
+
+    seen = {}
+    original = report._save
+
+    def save(fig, path, tight=True):  # measure the laid-out figure, then save it as usual
+        if tight:
+            fig.tight_layout()
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        renderer = fig.canvas.get_renderer()
+        seen.update(ax=ax, legend=ax.get_legend(), legend_box=ax.get_legend().get_window_extent(renderer),
+                    axes_box=ax.bbox.frozen(), figure_box=fig.bbox.frozen())
+        return original(fig, path, tight=False)
+
+    monkeypatch.setattr(report, "_save", save)
+    lengths = [128, 256, 512, 1024, 2048]
+    runs = [{"label": f"row-{i}", "native_length": 128,
+             "results": {"lab-passkey": {str(n): {"score": (13 * i + n) % 101} for n in lengths}}} for i in range(count)]
+    results = {"lengths": lengths, "runs": runs, "tasks": {"lab-passkey": {"metric": "accuracy %", "higher_is_better": True}}}
+    path = report.plot_scores_vs_length(results, "lab-passkey", tmp_path / "p.png", column={"key": "score", "label": "lab-passkey",
+                                                                                            "metric": "accuracy %", "higher_is_better": True})
+    assert path.is_file()
+    lines = [line for line in seen["ax"].get_lines() if line.get_label().startswith("row-")]
+    assert len(lines) == count
+    assert len({(tuple(line.get_color()), line.get_linestyle(), line.get_marker()) for line in lines}) == count
+    assert [t.get_text() for t in seen["legend"].get_texts()] == [f"row-{i}" for i in range(count)]
+    box = seen["legend_box"]
+    assert _inside(box, seen["figure_box"])
+    if count > report.LEGEND_INSIDE_MAX:
+        assert box.x0 >= seen["axes_box"].x1  # beside the axes, not over the lines
+    else:
+        assert _inside(box, seen["axes_box"])

@@ -58,16 +58,44 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
     return path
 
 
+# Line plots: one style per run. Beyond ten runs tab10's colours repeat (two runs would share a colour), so the
+# colours come from tab20 and the line style changes too; beyond six runs the legend moves outside the axes so it
+# never hides a line.
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v")
+LEGEND_INSIDE_MAX = 6
+
+
+def run_styles(count: int) -> list[dict]:
+    """``count`` distinct line styles (colour, line style, marker), as keyword arguments of ``Axes.plot``."""
+    plt = _plt()
+    if count <= 10:
+        colors = [plt.get_cmap("tab10")(i) for i in range(10)]
+        return [{"color": colors[i], "linestyle": "-", "marker": "o"} for i in range(count)]
+    colors = [plt.get_cmap("tab20")(i) for i in range(20)]
+    return [{"color": colors[i % 20], "linestyle": LINE_STYLES[i % len(LINE_STYLES)], "marker": MARKERS[i % len(MARKERS)]}
+            for i in range(count)]
+
+
+def _legend(ax, count: int, fontsize: int = 8) -> None:
+    if count <= LEGEND_INSIDE_MAX:
+        ax.legend(fontsize=fontsize)
+    else:
+        ax.legend(fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def plot_scores_vs_length(results: dict, task: str, path: Path, column: dict | None = None) -> Path:
     """One line per run: a task column (default its score) against length, log-2 length axis, native windows dotted."""
     plt = _plt()
     lengths = results["lengths"]
     column = column or columns_of(results["tasks"][task])[0]
     name = column["label"] or task
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(lengths)), 4))
-    for run in results["runs"]:
+    runs = results["runs"]
+    legend_room = 0 if len(runs) <= LEGEND_INSIDE_MAX else 1.8
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(lengths)) + legend_room, 4 if len(runs) <= 12 else 0.25 * len(runs) + 1))
+    for run, style in zip(runs, run_styles(len(runs))):
         ys = [score_of(run, task, n, column["key"]) for n in lengths]
-        ax.plot([n for n, y in zip(lengths, ys) if y is not None], [y for y in ys if y is not None], marker="o", label=run["label"])
+        ax.plot([n for n, y in zip(lengths, ys) if y is not None], [y for y in ys if y is not None], label=run["label"], **style)
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [format_length(n) for n in lengths], rotation=45 if len(lengths) > 8 else 0)
     ax.minorticks_off()
@@ -79,7 +107,7 @@ def plot_scores_vs_length(results: dict, task: str, path: Path, column: dict | N
     for native in natives:
         ax.axvline(native, color="grey", linestyle=":", linewidth=1)
     ax.set_title(f"{name}: {column['metric']} vs length ({'higher' if column['higher_is_better'] else 'lower'} is better)")
-    ax.legend(fontsize=8)
+    _legend(ax, len(runs))
     return _save(fig, path)
 
 
@@ -134,18 +162,22 @@ def heatmap_figure(grid: list[list[float]], columns: list[str], rows: list[str],
 def plot_positions(results: dict, task: str, path: Path) -> Path:
     plt = _plt()
     lengths = results["lengths"]
-    fig, axes = plt.subplots(1, len(lengths), figsize=(3.2 * len(lengths), 3), squeeze=False, sharey=True)
+    runs = results["runs"]
+    styles = run_styles(len(runs))
+    legend_room = 0 if len(runs) <= LEGEND_INSIDE_MAX else 1.8
+    fig, axes = plt.subplots(1, len(lengths), figsize=(3.2 * len(lengths) + legend_room, 3 if len(runs) <= 12 else 0.22 * len(runs) + 1),
+                             squeeze=False, sharey=True)
     for ax, n in zip(axes[0], lengths):
-        for run in results["runs"]:
+        for run, style in zip(runs, styles):
             data = run["results"].get(task, {}).get(str(n))
             if data:
                 xs = [float(p) for p in data["positions"]]
-                ax.plot(xs, list(data["positions"].values()), marker="o", label=run["label"])
+                ax.plot(xs, list(data["positions"].values()), label=run["label"], **style)
         ax.set_title(f"{task} @ {format_length(n)}", fontsize=9)
         ax.set_xlabel("position of the gold item")
         ax.set_ylim(-5, 105)
     axes[0][0].set_ylabel("accuracy %")
-    axes[0][-1].legend(fontsize=7)
+    _legend(axes[0][-1], len(runs), fontsize=7)
     return _save(fig, path)
 
 
