@@ -54,3 +54,25 @@ def test_passkey_ppl_perplexity_matches_the_plain_window(smollm2):
     plain = math.exp(torch.nn.functional.cross_entropy(logits, window[0, -tail:]).item())
     assert job["score"] == 100.0
     assert abs(job["ppl"] / plain - 1) < 0.01, (job["ppl"], plain)
+
+
+# RULER at 2K on SmolLM2, 10 samples per subtask (docs/evaluation.md, calibration): niah_multikey 60%; the others are
+# beyond a 135M model (multivalue 40, multiquery 20, vt 6, cwe 2) and stay out of every default grid.
+RULER_WITHIN_REACH = ("niah_multikey",)
+
+
+def test_ruler_subtasks_within_a_135m_model_reach_half_at_2k(smollm2):
+    model, tokenizer = smollm2
+    results = get_task("ruler").run(model, tokenizer, [2048], seed=0, progress=False, subtasks=list(RULER_WITHIN_REACH), samples=10)
+    for name in RULER_WITHIN_REACH:
+        assert results[2048]["subtasks"][name]["score"] >= 50.0, (name, results[2048]["subtasks"][name])
+
+
+def test_ruler_is_in_no_default_grid():
+    import inspect
+
+    from ropekit import cli, compare
+
+    assert "ruler" not in compare.DEFAULT_TASKS
+    eval_tasks = inspect.signature(inspect.unwrap(cli.evaluate)).parameters["tasks"].default.default  # `ropekit eval`'s --tasks
+    assert eval_tasks == "passkey,niah,ppl" and "ruler" not in eval_tasks
