@@ -172,7 +172,7 @@ def test_tiny_lab_end_to_end_resumes(tmp_path, monkeypatch, small_texts):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(ropekit.training, "RopekitTrainer", RecordingTrainer)
-    monkeypatch.setattr(lab, "ROWS", (*lab.ROWS, lab.Row("pose-added", "linear", "native", strategy="pose", trainer={"marker": "added"})))
+    monkeypatch.setattr(lab, "ROWS", (*lab.ROWS, lab.Row("pose-added", "linear", "native", strategy="pose", trainer={"marker": {"added"}})))
     text = tmp_path / "text.txt"
     text.write_text(EVAL_TEXT * 4)
     quick = lab.BUDGETS["quick"]
@@ -183,7 +183,7 @@ def test_tiny_lab_end_to_end_resumes(tmp_path, monkeypatch, small_texts):
     shape = lab.Shape(native=32, hidden=32, layers=1, heads=2, intermediate=64)
     results = lab.lab(tmp_path / "out", quick=True, progress=False, shape=shape)
     assert [r["label"] for r in results["runs"]] == ["none", "ft-pi", "cream-yarn", "pose-added"]
-    assert seen == [None, None, None, "added"]  # pre-training, ft-pi, cream-yarn, then the added row with its option
+    assert seen == [None, None, None, {"added"}]  # pre-training, ft-pi, cream-yarn, then the added row with its option
     assert "| pose-added | trained at the native window |" in (tmp_path / "out" / "lab.md").read_text()
     assert results["runs"][1]["record"]["method"] == "linear" and results["runs"][2]["record"]["target_length"] == 4 * 32
     row = json.loads((tmp_path / "out" / "seed-0" / "runs" / "cream-yarn" / "lab_row.json").read_text())
@@ -199,6 +199,7 @@ def test_tiny_lab_end_to_end_resumes(tmp_path, monkeypatch, small_texts):
     stamp = weights.stat().st_mtime_ns
     lab.lab(tmp_path / "out", quick=True, progress=False, shape=shape)
     assert weights.stat().st_mtime_ns == stamp
+    assert len(seen) == 4  # nothing retrained, the row whose options hold a set (written to JSON as a list) included
     with pytest.raises(ropekit.RopekitError, match="holds a 'quick' lab"):
         lab.lab(tmp_path / "out", quick=False, progress=False, shape=shape)
 

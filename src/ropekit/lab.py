@@ -664,8 +664,10 @@ def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progre
     from .models import load_model
 
     done = out / "lab_row.json"
-    if done.is_file() and json.loads(done.read_text()).get("base") == str(base) and json.loads(done.read_text()).get("row") == asdict(row):
-        return out
+    if done.is_file():
+        kept = json.loads(done.read_text())
+        if kept.get("base") == str(base) and kept.get("row") == _as_json(asdict(row)):  # compared as written (sets become lists)
+            return out
     if out.exists():
         shutil.rmtree(out)
     _say(progress, f"lab: {row.label}: {row.method} at {budget.factor}×, {ARMS[row.arm]}" + (f" ({row.strategy})" if row.strategy != "contiguous" else ""))
@@ -678,8 +680,17 @@ def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progre
     summary = train_lab(model, tokenizer, budget.extend_schedule(length), out, seed, strategy=row.strategy, target_length=target,
                         strategy_params=row.strategy_params, trainer=row.trainer, dataset=row.dataset, progress=progress)
     record = {"row": asdict(row), "base": str(base), **summary, "cost": _cost(started, cpu)}
-    (out / "lab_row.json").write_text(json.dumps(record, indent=1, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))
+    (out / "lab_row.json").write_text(json.dumps(record, indent=1, default=_json_default))
     return out
+
+
+def _json_default(value):
+    return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+
+
+def _as_json(value):
+    """``value`` as it reads back from ``lab_row.json``."""
+    return json.loads(json.dumps(value, default=_json_default))
 
 
 def run_seed(budget: Budget, rows: list[Row], seed: int, out: Path, device: str = "auto", progress: bool = True,
