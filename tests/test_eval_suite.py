@@ -240,3 +240,23 @@ def test_report_errors(tmp_path):
     (tmp_path / "results.json").write_text('{"format": 1}')
     with pytest.raises(ropekit.RopekitError, match="not a ropekit results file"):
         render(tmp_path)
+
+
+def test_shared_prefix_scoring_uses_the_current_cache_keyword():
+    """transformers 5.24 renamed the forward's KV-cache argument (``past_key_values`` → ``cache``, the old name
+    removed in 5.40); scoring passes whichever the installed version takes, without a deprecation warning, and the
+    shared-prefix logits still equal separate forwards."""
+    import warnings
+
+    from ropekit.eval.scoring import score_after_prefix, score_answers
+
+    tok = tiny_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tok))
+    prefix = list(range(3, 60))
+    continuations = [([5, 6, 7], [8, 9]), ([10, 11], [12])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        shared = score_after_prefix(model, prefix, continuations)
+    separate = score_answers(model, [(prefix + q, a) for q, a in continuations])
+    assert [s.predicted for s in shared] == [s.predicted for s in separate]
+    assert all(abs(a.answer_nll - b.answer_nll) < 1e-4 for a, b in zip(shared, separate))

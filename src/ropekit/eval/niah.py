@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import RopekitError
 from ..extension import reset_rope_state, rope_depends_on_length, sliding_layers, text_config
 from ..corpus import text_tokens
-from .scoring import model_device, score_answers
+from .scoring import cache_keyword, model_device, score_answers
 from .tasks import Task, evenly_spaced, register
 
 INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
@@ -90,7 +90,7 @@ def _score_shared(model, cell) -> list[tuple[bool, str]]:
     except TypeError:  # older transformers
         cache = DynamicCache()
     first = torch.tensor([intro + hay[: cell["points"][order[0]]]], device=device)
-    model(input_ids=first, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=first, use_cache=True, logits_to_keep=1, **cache_keyword(model, cache))
     done = cell["points"][order[0]]  # hay tokens in the cache
     results: dict[int, tuple[bool, list[int]]] = {}
     for i in order:
@@ -100,7 +100,7 @@ def _score_shared(model, cell) -> list[tuple[bool, str]]:
             done = point
         suffix = cell["needle"] + hay[point:] + cell["question"] + answer
         x = torch.tensor([suffix], device=device)
-        logits = model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=len(answer) + 1).logits[0, :-1]
+        logits = model(input_ids=x, use_cache=True, logits_to_keep=len(answer) + 1, **cache_keyword(model, cache)).logits[0, :-1]
         predicted = logits.argmax(-1)
         results[i] = (bool((predicted == torch.tensor(answer, device=device)).all()), predicted.tolist())
         _crop_to(cache, len(intro) + done)

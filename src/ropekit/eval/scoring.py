@@ -7,6 +7,7 @@ forward pass and without a KV cache.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,12 @@ def crop_cache(cache, size: int) -> None:
         cache.crop(-remove)
 
 
+def cache_keyword(module, cache) -> dict:
+    """The keyword argument that hands a KV cache to ``module``'s forward: ``cache`` in transformers ≥ 5.24 (which
+    deprecates ``past_key_values``, to be removed in 5.40), ``past_key_values`` before."""
+    return {"cache": cache} if "cache" in inspect.signature(module.forward).parameters else {"past_key_values": cache}
+
+
 @torch.no_grad()
 def score_after_prefix(model, prefix: list[int], continuations: list[tuple[list[int], list[int]]]) -> list[Scored]:
     """Score ``(question_ids, answer_ids)`` continuations of one shared ``prefix`` (e.g. one record list asked about
@@ -84,12 +91,13 @@ def score_after_prefix(model, prefix: list[int], continuations: list[tuple[list[
     device = model_device(model)
     reset_rope_state(model)
     cache = new_cache(model)
-    model.get_decoder()(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True)
+    decoder = model.get_decoder()
+    decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True, **cache_keyword(decoder, cache))
     results = []
     for question, answer in continuations:
         keep = len(answer) + 1
         ids = torch.tensor([question + answer], device=device)
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=keep).logits[0].float()
+        logits = model(input_ids=ids, use_cache=True, logits_to_keep=keep, **cache_keyword(model, cache)).logits[0].float()
         gold = torch.tensor(answer, device=device)
         predicting = logits[:-1]
         predicted = predicting.argmax(-1)
