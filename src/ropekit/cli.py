@@ -429,14 +429,14 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
 @app.command()
 @friendly
 def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help="directory; re-running resumes"),
-        quick: bool = typer.Option(False, "--quick", help="≈5 minutes: shorter pre-training, 5 rows, lengths 1×–4×"),
+        quick: bool = typer.Option(False, "--quick", help="about 3 minutes on 2 CPU cores: shorter pre-training, 5 rows, lengths 1×–4×"),
         seeds: str = typer.Option("0", help="pre-training seeds, e.g. 0,1,2 (each is a full lab; tables show the spread)"),
         rows: Optional[str] = typer.Option(None, help="comma-separated row labels (default: the budget's rows)"),
         device: str = typer.Option("auto"),
         list_rows: bool = typer.Option(False, "--list", help="print the rows and exit")):
     """Train a small RoPE model from scratch (cached), extend it 4× with every method under one budget, and check
     each method's claim with pass key, key-value retrieval and perplexity at 1×-16× its window (docs/lab.md).
-    About 30 minutes on 2 CPU cores; --quick about 5."""
+    About 25 minutes on 2 idle CPU cores (measured, docs/lab.md); --quick about 3."""
     from .lab import ARMS, get_rows
     from .lab import lab as run_lab
 
