@@ -17,6 +17,8 @@ LENGTHS = [2048, 4096]
 # The samples of the calibration table in docs/evaluation.md (`ropekit eval smollm2-135m --tasks TASK --lengths
 # 2k,4k --trials N`, seed 0): passkey 10 trials, niah 10 depths × 1, lines and kv 4 record lists × 5 positions.
 OPTIONS = {"passkey": {"trials": 10}, "niah": {"trials": 1}, "lines": {"trials": 4}, "kv": {"trials": 4}}
+# Over 20 record lists lines scores 75% / 71% (docs/evaluation.md): these 4 lists guard the format from regressing,
+# they do not show that lines meets the goal.
 
 
 @pytest.fixture(scope="module")
