@@ -77,6 +77,12 @@ def run_styles(count: int) -> list[dict]:
             for i in range(count)]
 
 
+def _line_figsize(width: float, height: float, count: int, per_run: float) -> tuple[float, float]:
+    """A line plot's size for ``count`` runs: room beside the axes for a legend moved outside, and height enough for
+    a long legend's entries (``per_run`` inches each)."""
+    return width + (0 if count <= LEGEND_INSIDE_MAX else 1.8), height if count <= 12 else per_run * count + 1
+
+
 def _legend(ax, count: int, fontsize: int = 8) -> None:
     if count <= LEGEND_INSIDE_MAX:
         ax.legend(fontsize=fontsize)
@@ -91,8 +97,7 @@ def plot_scores_vs_length(results: dict, task: str, path: Path, column: dict | N
     column = column or columns_of(results["tasks"][task])[0]
     name = column["label"] or task
     runs = results["runs"]
-    legend_room = 0 if len(runs) <= LEGEND_INSIDE_MAX else 1.8
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(lengths)) + legend_room, 4 if len(runs) <= 12 else 0.25 * len(runs) + 1))
+    fig, ax = plt.subplots(figsize=_line_figsize(max(6.4, 0.45 * len(lengths)), 4, len(runs), per_run=0.25))
     for run, style in zip(runs, run_styles(len(runs))):
         ys = [score_of(run, task, n, column["key"]) for n in lengths]
         ax.plot([n for n, y in zip(lengths, ys) if y is not None], [y for y in ys if y is not None], label=run["label"], **style)
@@ -164,8 +169,7 @@ def plot_positions(results: dict, task: str, path: Path) -> Path:
     lengths = results["lengths"]
     runs = results["runs"]
     styles = run_styles(len(runs))
-    legend_room = 0 if len(runs) <= LEGEND_INSIDE_MAX else 1.8
-    fig, axes = plt.subplots(1, len(lengths), figsize=(3.2 * len(lengths) + legend_room, 3 if len(runs) <= 12 else 0.22 * len(runs) + 1),
+    fig, axes = plt.subplots(1, len(lengths), figsize=_line_figsize(3.2 * len(lengths), 3, len(runs), per_run=0.22),
                              squeeze=False, sharey=True)
     for ax, n in zip(axes[0], lengths):
         for run, style in zip(runs, styles):

@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import RopekitError
-from ..extension import reset_rope_state, rope_depends_on_length, sliding_layers, text_config
+from ..extension import reset_rope_state
 from ..corpus import text_tokens
-from .scoring import cache_keyword, model_device, score_answers
+from .scoring import cache_keyword, can_share_prefix, crop_cache, model_device, new_cache, score_answers
 from .tasks import Task, evenly_spaced, register
 
 INTRO = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. "
@@ -66,51 +66,36 @@ def niah_cells(tokenizer, length: int, depths: list[float], seed: int, trial: in
     return {"key": key, "value": value, "intro": intro, "needle": needle, "question": question, "answer": answer, "hay": hay, "points": points}
 
 
-def _crop_to(cache, size: int) -> None:
-    """Keep the first ``size`` cached tokens (a negative ``crop`` removes tokens in every transformers 5.x)."""
-    remove = cache.get_seq_length() - size
-    if remove > 0:
-        cache.crop(-remove)
-
-
-def _can_share_prefix(model) -> bool:
-    return not rope_depends_on_length(model) and not sliding_layers(text_config(model))
-
-
 @torch.no_grad()
 def _score_shared(model, cell) -> list[tuple[bool, str]]:
     """Score every depth of one cell with one shared haystack prefix (deepest needle first, cropping the cache)."""
-    from transformers import DynamicCache
-
     device = model_device(model)
     intro, hay, answer = cell["intro"], cell["hay"], cell["answer"]
     order = sorted(range(len(cell["points"])), key=lambda i: -cell["points"][i])
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        cache = DynamicCache()
+    cache = new_cache(model)
+    with_cache = cache_keyword(model, cache)
     first = torch.tensor([intro + hay[: cell["points"][order[0]]]], device=device)
-    model(input_ids=first, use_cache=True, logits_to_keep=1, **cache_keyword(model, cache))
+    model(input_ids=first, use_cache=True, logits_to_keep=1, **with_cache)
     done = cell["points"][order[0]]  # hay tokens in the cache
     results: dict[int, tuple[bool, list[int]]] = {}
     for i in order:
         point = cell["points"][i]
         if point < done:
-            _crop_to(cache, len(intro) + point)
+            crop_cache(cache, len(intro) + point)
             done = point
         suffix = cell["needle"] + hay[point:] + cell["question"] + answer
         x = torch.tensor([suffix], device=device)
-        logits = model(input_ids=x, use_cache=True, logits_to_keep=len(answer) + 1, **cache_keyword(model, cache)).logits[0, :-1]
+        logits = model(input_ids=x, use_cache=True, logits_to_keep=len(answer) + 1, **with_cache).logits[0, :-1]
         predicted = logits.argmax(-1)
         results[i] = (bool((predicted == torch.tensor(answer, device=device)).all()), predicted.tolist())
-        _crop_to(cache, len(intro) + done)
+        crop_cache(cache, len(intro) + done)
     return [results[i] for i in range(len(cell["points"]))]
 
 
 def run_niah(model, tokenizer, lengths: list[int], depths: list[float] | None = None, trials: int = 1, seed: int = 0,
              haystack: str = "shakespeare", share_prefix: bool = False, batch_size: int = 1, progress: bool = True) -> dict[int, dict]:
     depths = depths or default_depths()
-    share = share_prefix and _can_share_prefix(model)
+    share = share_prefix and can_share_prefix(model)
     out = {}
     bar = tqdm(total=len(lengths) * trials, desc="niah", disable=not progress, leave=False)
     for length in lengths:

@@ -93,11 +93,12 @@ def score_after_prefix(model, prefix: list[int], continuations: list[tuple[list[
     cache = new_cache(model)
     decoder = model.get_decoder()
     decoder(input_ids=torch.tensor([prefix], device=device), use_cache=True, **cache_keyword(decoder, cache))
+    with_cache = cache_keyword(model, cache)
     results = []
     for question, answer in continuations:
         keep = len(answer) + 1
         ids = torch.tensor([question + answer], device=device)
-        logits = model(input_ids=ids, use_cache=True, logits_to_keep=keep, **cache_keyword(model, cache)).logits[0].float()
+        logits = model(input_ids=ids, use_cache=True, logits_to_keep=keep, **with_cache).logits[0].float()
         gold = torch.tensor(answer, device=device)
         predicting = logits[:-1]
         predicted = predicting.argmax(-1)
