@@ -19,7 +19,8 @@ from .registry import split_methods
 DEFAULT_METHODS = ("none", "yarn", "eabf")
 DEFAULT_LENGTHS = (4096, 12288)
 # passkey_ppl (one forward per method and length) is faster, but untrained EABF fails its in-text pass key even at
-# 4K (one trial on SmolLM2: "1481," for 64814), which changes the job's conclusion; kept opt-in until calibrated.
+# 4K (one trial on SmolLM2: "1481," for 64814), which changes the job's conclusion; kept opt-in. Eight one-forward
+# layouts measured (docs/evaluation.md): none keeps both EABF's key and a plain window's perplexity.
 DEFAULT_TASKS = {"passkey": {"trials": 1}, "ppl": {"windows": 1}}
 
 
