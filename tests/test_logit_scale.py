@@ -9,6 +9,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 import ropekit
+from ropekit.eval.scoring import cache_keyword
 from ropekit.testing import NATIVE, random_ids, tiny_model
 
 from conftest import rel_err
@@ -108,7 +109,7 @@ def test_kv_cache_greedy_equals_full_forward(backend):
     # and cached step logits equal the full forward's
     with torch.no_grad():
         first = model(out[:, :-1], use_cache=True)
-        step = model(out[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits[0, -1]
+        step = model(out[:, -1:], use_cache=True, **cache_keyword(model, first.past_key_values)).logits[0, -1]
     assert rel_err(step, full[0, -1]) < 1e-5
 
 

@@ -11,6 +11,7 @@ from transformers import AttentionInterface, AutoModelForCausalLM
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 import ropekit
+from ropekit.eval.scoring import cache_keyword
 from ropekit.longlora import (S2Training, check_model, check_options, group_borders, group_size_for, s2_borders,
                               s2_training, segments_from_mask)
 from ropekit.testing import NATIVE, random_ids, tiny_model
@@ -361,7 +362,7 @@ def test_refusals_in_the_model_are_one_line():
     model.train()
     with s2_training(model, min_length=0), pytest.raises(ropekit.RopekitError, match="KV cache"):
         out = model(ids[:, :40], use_cache=True)
-        model(ids[:, 40:], past_key_values=out.past_key_values, use_cache=True)
+        model(ids[:, 40:], use_cache=True, **cache_keyword(model, out.past_key_values))
     gemma2 = tiny_model("gemma2", attn_logit_softcapping=50.0)
     with pytest.raises(ropekit.RopekitError, match="soft-capping"):
         check_model(gemma2)
