@@ -139,3 +139,32 @@ def test_compare_rejects_bad_input_before_loading(tmp_path):
         compare(model="/does/not/matter", methods=["none", "yarn"], params={"theta": 1e6}, output=tmp_path)
     with pytest.raises(ropekit.RopekitError, match="no such model"):
         compare(model="/does/not/exist", methods=["none"], output=tmp_path)
+
+
+def test_task_lengths_and_a_deadline_skip_only_steps_that_cannot_finish(tmp_path):
+    import time
+
+    from ropekit.eval.runner import RunSpec, evaluate
+
+    save_tiny_checkpoint(tmp_path / "model", vocab_size=len(tiny_tokenizer()))
+    text = tmp_path / "text.txt"
+    text.write_text("Of Mans First Disobedience, and the Fruit of that Forbidden Tree. " * 40)
+    tasks = {"passkey": {"trials": 2}, "ppl": {"windows": 1, "tail": 32, "source": str(text)}}
+    runs = [RunSpec(str(tmp_path / "model"), label="m")]
+    # no deadline: every step; perplexity also at the shorter length it was given
+    full = evaluate(runs, tasks, [300, 400], tmp_path / "full", device="cpu", progress=False, task_lengths={"ppl": [200, 300, 400]})
+    assert full["lengths"] == [200, 300, 400] and "skipped" not in full
+    assert list(full["runs"][0]["results"]["ppl"]) == ["200", "300", "400"] and list(full["runs"][0]["results"]["passkey"]) == ["300", "400"]
+    assert full["tasks"]["ppl"]["lengths"] == [200, 300, 400] and full["tasks"]["passkey"]["version"] == 1
+    # a deadline already passed: the first step of each task runs (nothing measured yet to say it cannot finish),
+    # every later step is estimated from it and skipped; what ran equals the run without a deadline
+    cut = evaluate(runs, tasks, [300, 400], tmp_path / "cut", device="cpu", progress=False, task_lengths={"ppl": [200, 300, 400]},
+                   stop_at=time.time())
+    assert [(s["task"], s["length"]) for s in cut["skipped"]] == [("passkey", 400)]
+    assert list(cut["runs"][0]["results"]["passkey"]) == ["300"]
+    assert cut["runs"][0]["results"]["passkey"]["300"] == full["runs"][0]["results"]["passkey"]["300"]
+    assert cut["runs"][0]["results"]["ppl"] == full["runs"][0]["results"]["ppl"]  # one forward serves all lengths: one step
+    saved = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert saved["skipped"] == cut["skipped"]
+    with pytest.raises(ropekit.RopekitError, match="lengths given for task 'niah'"):
+        evaluate(runs, tasks, [300], tmp_path / "bad", device="cpu", progress=False, task_lengths={"niah": [100]})

@@ -48,15 +48,55 @@ def test_study_call_smoke_runs_the_headline_rows_and_brings_back_one_file(tmp_pa
     assert study_call.main(["--smoke", "--slice", "headline", "--output", str(tmp_path / "study"), "--bring-back", str(back)]) == 0
     assert [p.name for p in back.iterdir()] == ["results-headline.json"]
     results = json.loads((back / "results-headline.json").read_text())
-    assert results["slice"] == "headline" and sorted(r["label"] for r in results["runs"]) == ["cream-yarn-64k", "eabf-32k", "eabf-mix-32k"]
+    assert results["slice"] == "headline"
+    assert [r["label"] for r in results["runs"]] == ["eabf-32k", "eabf-mix-32k", "cream-yarn-64k", "none", "eabf-free"]
     assert set(results["tasks"]) == {"passkey", "ppl", "niah", "kv"}  # the headline's task set, at toy scale
-    assert results["runs"][1]["training"]["strategy"] == "cream" and results["runs"][1]["record"]["method"] == "yarn"
+    assert results["runs"][2]["training"]["strategy"] == "cream" and results["runs"][2]["record"]["method"] == "yarn"
+    # the original is read in the same protocol; perplexity also at the shorter (in-window) lengths
+    assert list(results["runs"][3]["results"]["ppl"]) == ["300", "500", "700", "800"] and results["tasks"]["kv"]["version"] == 2
+    assert results["runs"][0]["training"]["gradient_checkpointing"] is False
     # filed here: merged into the slice's results and the study re-rendered
     collect = importlib.import_module("collect")
     lines = collect.collect([back], tmp_path / "docs", tmp_path / "bench")
     assert any("results-headline.json →" in line for line in lines)
     study_md = (tmp_path / "docs" / "study.md").read_text()
-    assert "| headline | 3 | eabf-32k, eabf-mix-32k, cream-yarn-64k | - |" in study_md and (tmp_path / "docs" / "report.md").exists()
+    assert "| headline | 5 | eabf-32k, eabf-mix-32k, cream-yarn-64k, none, eabf-free | - |" in study_md and (tmp_path / "docs" / "report.md").exists()
+
+
+def test_a_call_killed_from_outside_leaves_its_finished_parts(tmp_path):
+    """SIGKILL mid-way (as when the GPU window's budget ends): the loss log, the training summary and every finished
+    evaluation step are already in the bring-back folder, as whole files."""
+    import signal
+    import time
+
+    back = tmp_path / "out"
+    command = [sys.executable, str(GPU / "study_call.py"), "--smoke", "--slice", "headline", "--only", "eabf-mix-32k,none,eabf-free",
+               "--output", str(tmp_path / "study"), "--bring-back", str(back), "--deadline", "600"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = back / "partial-headline.json"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None:  # kill once the first row is evaluated (the 2nd has begun)
+            if partial.exists() and len(json.loads(partial.read_text())["runs"]) >= 2:
+                break
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the call ended before it could be killed mid-way"
+    assert not (back / "results-headline.json").exists()
+    kept = json.loads(partial.read_text())
+    first = kept["runs"][0]
+    assert first["label"] == "eabf-mix-32k" and set(first["results"]) == {"passkey", "ppl", "niah", "kv"}
+    assert all(first["results"]["passkey"].values())
+    assert [json.loads(line)["step"] for line in (back / "trainlog-eabf-mix-32k.jsonl").read_text().splitlines()] == [1]
+    assert json.loads((back / "training-eabf-mix-32k.json").read_text())["steps"] == 1
+    # filed here like a partial file: the row marked partial, its training attached
+    collect = importlib.import_module("collect")
+    collect.collect([back], tmp_path / "docs", tmp_path / "bench", render=False)
+    filed = {r["label"]: r for r in json.loads((tmp_path / "docs" / "headline" / "results.json").read_text())["runs"]}
+    assert filed["eabf-mix-32k"]["partial"] is True and filed["eabf-mix-32k"]["training"]["log"][0]["step"] == 1
 
 
 def test_collect_files_benchmark_results_and_marks_partial_rows(tmp_path):

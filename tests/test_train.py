@@ -128,3 +128,36 @@ def test_memory_options_do_not_change_the_losses(workspace, tmp_path):
     assert lean["memory"] == {"chunked_loss": True, "liger": False, "tile_mlp": 32, "offload_activations": True}
     assert losses(tmp_path / "lean") == pytest.approx(losses(tmp_path / "plain"), rel=1e-5)
     assert plain["memory"]["chunked_loss"] is False
+
+
+def test_a_deadline_stops_before_a_step_that_would_cross_it():
+    from types import SimpleNamespace
+
+    from ropekit.training import StopAt
+
+    now = [100.0]
+    stop = StopAt(112.0, clock=lambda: now[0])
+    state, control = SimpleNamespace(global_step=0, max_steps=6), SimpleNamespace(should_training_stop=False)
+    for step_seconds in (3.0, 5.0, 4.0):  # steps end at 103, 108, 112; the slowest (5 s, +10%) decides
+        stop.on_step_begin(None, state, control)
+        now[0] += step_seconds
+        state.global_step += 1
+        stop.on_step_end(None, state, control)
+        if control.should_training_stop:
+            break
+    assert state.global_step == 2 and stop.stopped == 2  # at 108, a 5.5 s step would end after 112: not started
+    late = StopAt(50.0, clock=lambda: 60.0)  # past the deadline before the first step: no step at all
+    control = SimpleNamespace(should_training_stop=False)
+    late.on_step_begin(None, SimpleNamespace(global_step=0, max_steps=6), control)
+    assert control.should_training_stop and late.stopped == 0
+
+
+def test_a_run_cut_by_its_deadline_is_saved_and_says_so(workspace, tmp_path):
+    import time
+
+    summary = train(options(workspace, tmp_path / "cut", max_steps=6, stop_at=time.time() - 1))
+    assert summary["steps"] == 0 and summary["planned_steps"] == 6 and summary["stopped_at_deadline"] == 0
+    assert (tmp_path / "cut" / "model.safetensors").exists()  # saved as it is
+    assert json.loads((tmp_path / "cut" / "training_summary.json").read_text())["stopped_at_deadline"] == 0
+    whole = train(options(workspace, tmp_path / "whole", max_steps=3, stop_at=time.time() + 3600))
+    assert whole["steps"] == 3 and whole["stopped_at_deadline"] is None

@@ -7,6 +7,9 @@
   ``ropekit study --report-only`` re-renders ``docs/results/smollm2-64k/{study.md,report.md,plots/}``;
 * ``<benchmark>-<gpu>.json`` → ``benchmarks/results/`` after a schema check (a resumed benchmark brings back the whole
   file, earlier rows included);
+* ``trainlog-<label>.jsonl`` / ``training-<label>.json`` (a row's loss log and training summary, written as produced)
+  → attached to that row of a partial file as its ``training``, and kept as
+  ``docs/results/smollm2-64k/training/<label>.json`` (so a call killed during training still files its loss log);
 * ``*.log`` → ``benchmarks/results/logs/`` or ``docs/results/smollm2-64k/logs/``.
 Then commit those paths (never checkpoints: none come back).
 """
@@ -32,14 +35,34 @@ def collect(folders: list[Path], study_dir: Path, bench_dir: Path, render: bool 
     from ropekit.eval.runner import _write_json
 
     done, study_changed = [], False
-    for path in sorted(p for folder in folders for p in Path(folder).iterdir() if p.is_file()):
+    paths = sorted(p for folder in folders for p in Path(folder).iterdir() if p.is_file())
+    training = {}  # label → {summary…, "log": [...]}, from the files a call writes while it trains
+    for path in paths:
+        if path.name.startswith("trainlog-") and path.name.endswith(".jsonl"):
+            label = path.name.removeprefix("trainlog-").removesuffix(".jsonl")
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            training.setdefault(label, {})["log"] = rows
+        elif path.name.startswith("training-") and path.name.endswith(".json"):
+            label = path.name.removeprefix("training-").removesuffix(".json")
+            training.setdefault(label, {}).update({k: v for k, v in json.loads(path.read_text()).items() if k != "log"})
+    for label, record in training.items():
+        target = study_dir / "training" / f"{label}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps({"log": [], **record}, indent=1, default=str))
+        done.append(f"training of {label} ({len(record.get('log', []))} logged steps"
+                    f"{', summary' if 'steps' in record else ', no summary: cut before it ended'}) → {target}")
+    for path in paths:
         name = path.name
+        if name.startswith(("trainlog-", "training-")):
+            continue
         if name.startswith(("results-", "partial-")) and name.endswith(".json"):
             slice_name = name.split("-", 1)[1].removesuffix(".json")
             new = json.loads(path.read_text())
             if name.startswith("partial-"):
                 for run in new["runs"]:
                     run["partial"] = True
+                    if run["label"] in training and "training" not in run:
+                        run["training"] = {"log": [], **training[run["label"]]}
             target = study_dir / slice_name / "results.json"
             sets = ([(slice_name, json.loads(target.read_text()))] if target.exists() else []) + [(slice_name, new)]
             merged = merge_results(sets, replace=True)

@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# One study call (issue 15), < 10 min: (first call of a machine) join and verify the GGUF, convert it once; then train
-# and evaluate the given rows of one slice, all on this machine, and bring back the slice's results.json.
-#   bash benchmarks/gpu/study.sh SLICE [LABELS] [--train-only]
-# Carry: .whl (gguf), .carry/stage-2 on the first call after stage-1.sh. Brings back: results-SLICE.json (or
-# partial-SLICE.json when the time limit stopped it), study-SLICE.log. Plan: python benchmarks/gpu/plan.py --next.
+# One study call, < 10 min: (first call of a machine) join and verify the GGUF, convert it once; then train and
+# evaluate the given rows of one slice (in the order given), all on this machine, and bring back the slice's results.
+#   bash benchmarks/gpu/study.sh SLICE [LABELS] [--train-only] [--budget S] [--eval-reserve S]
+# --budget: the device seconds the window has left when the call starts (the device's status says). The call ends
+# BUDGET_MARGIN (default 45) seconds before it, and before the 600 s command limit; no step starts that would end later.
+# Carry: .whl (gguf), .carry/stage-2 on the first call after stage-1.sh. Brings back: results-SLICE.json; while it
+# runs and when stopped, partial-SLICE.json, trainlog-LABEL.jsonl, training-LABEL.json (written as produced), and
+# study-SLICE.log. Plan: python benchmarks/gpu/plan.py --next.
 source "$(dirname "$0")/common.sh" "$@"
 set -- "${ARGS[@]}"
-slice=${1:?slice}; labels=${2:-}; train_only=${3:-}
-[ "$labels" = "--train-only" ] && { labels=; train_only=--train-only; }
+slice=; labels=; train_only=; budget=600; reserve=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --train-only) train_only=--train-only ;;
+    --budget) budget=${2:?--budget needs seconds}; shift ;;
+    --eval-reserve) reserve=${2:?--eval-reserve needs seconds}; shift ;;
+    *) if [ -z "$slice" ]; then slice=$1; else labels=$1; fi ;;
+  esac
+  shift
+done
+: "${slice:?usage: study.sh SLICE [LABELS] [--train-only] [--budget S] [--eval-reserve S]}"
 start_log "study-$slice"
 gguf=$STAGE_DIR/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ "$SMOKE" = 1 ] || [ ! -f "$ROPEKIT_CACHE/models/smollm2-135m-instruct/model.safetensors" ]; then
@@ -19,9 +31,12 @@ if [ "$SMOKE" = 1 ] || [ ! -f "$ROPEKIT_CACHE/models/smollm2-135m-instruct/model
     ROPEKIT_SMOLLM2_GGUF=$gguf "$PY" -c "from ropekit.models import default_model_dir; print('model:', default_model_dir())"
   fi
 fi
-limit=$(( 570 - SECONDS ))
-echo "-- study slice $slice ${labels:-(all rows)} $train_only, time limit ${limit} s ($(date -u +%T))"
+margin=${BUDGET_MARGIN:-45}  # the transfer back and the machine's reply
+end=$(( budget < 600 ? budget : 600 ))
+deadline=$(( end - margin - SECONDS ))
+[ "$deadline" -gt 30 ] || { echo "!! only $deadline s left before the deadline: not starting"; exit 3; }
+echo "-- study slice $slice ${labels:-(all rows)} $train_only, deadline in ${deadline} s ($(date -u +%T))"
 status=0
-timeout --signal=INT --kill-after=20 "$limit" "$PY" benchmarks/gpu/study_call.py --slice "$slice" ${labels:+--only "$labels"} \
-  --output "$STUDY_DIR" --bring-back "$OUT" $train_only $SMOKE_FLAG || status=$?
+timeout --signal=INT --kill-after=10 "$(( deadline + 20 ))" "$PY" benchmarks/gpu/study_call.py --slice "$slice" ${labels:+--only "$labels"} \
+  --output "$STUDY_DIR" --bring-back "$OUT" --deadline "$deadline" --eval-reserve "$reserve" $train_only $SMOKE_FLAG || status=$?
 echo "-- done (exit $status, $SECONDS s in this call); brought back: $(ls "$OUT" | tr '\n' ' ')"

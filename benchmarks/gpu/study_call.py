@@ -5,8 +5,14 @@
 
 A checkpoint never leaves the GPU machine: every row is trained and evaluated in the same call, and only the slice's
 ``results.json`` (scores, training summary and loss log of every row) comes back, as ``BRING_BACK/results-<slice>.json``.
-If the call is stopped by its time limit, the rows evaluated so far come back as ``partial-<slice>.json`` (the
-evaluation's own file, rewritten after every step).
+
+**A call killed from outside keeps what it measured.** ``--deadline S`` is the time this call has (the GPU window's
+remaining budget less the transfers): no training step and no evaluation step starts that would end after it (training
+keeps ``--eval-reserve`` seconds for the evaluation), and at the deadline the call stops itself and brings back what it
+has. While it runs, a copier puts every result into BRING_BACK the moment it is written — the evaluation's file after
+every step as ``partial-<slice>.json``, each row's loss log (``trainlog-<label>.jsonl``, a line per optimizer step) and
+training summary (``training-<label>.json``) — so even a SIGKILL leaves the finished parts there. On a clean finish
+those give way to ``results-<slice>.json``.
 
 ``--smoke`` runs the same slice of the same preset — the same rows, methods, strategies, recipes and task set — on
 a tiny random model with a byte-level tokenizer, short lengths, one training step and one trial per cell, so every
@@ -15,11 +21,13 @@ row's configuration is exercised on a CPU in seconds before GPU minutes are spen
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import dataclasses
 import json
 import shutil
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -68,10 +76,60 @@ def smoke_preset(preset, folder: Path):
         return {name: small.get(name, options) for name, options in tasks.items()}
 
     lengths = (700, 800)  # LongChat-Lines needs about 650 byte-level tokens
+
+    def tiny_task_lengths(task_lengths):  # extra lengths below the evaluated ones, as inside the native window
+        return {task: (300, 500, *lengths) for task in task_lengths} if task_lengths else None
+
     return Preset(f"{preset.name}-smoke", f"{preset.description} (toy scale)", str(model), tuple(tiny_run(r) for r in preset.runs),
                   lengths, tiny_tasks(preset.tasks), {**preset.common, "precision": "fp32", "save_steps": 1000},
-                  tuple(Slice(s.name, s.description, s.labels, lengths if s.lengths else None, tiny_tasks(s.tasks) if s.tasks else None)
-                        for s in preset.slices))
+                  tuple(Slice(s.name, s.description, s.labels, lengths if s.lengths else None, tiny_tasks(s.tasks) if s.tasks else None,
+                              tiny_task_lengths(s.task_lengths)) for s in preset.slices))
+
+
+class Copier(threading.Thread):
+    """Copies the slice's result files into ``back`` whenever they change (every ``every`` seconds), so a call killed
+    from outside still returns what was finished."""
+
+    def __init__(self, slice_dir: Path, back: Path, every: float = 2.0):
+        super().__init__(daemon=True)
+        self.slice_dir, self.back, self.every = slice_dir, back, every
+        self.seen: dict[Path, float] = {}
+        self.done = threading.Event()
+
+    def sources(self) -> list[tuple[Path, str]]:
+        found = [(self.slice_dir / "eval" / "results.json", f"partial-{self.slice_dir.name}.json")]
+        for run in sorted((self.slice_dir / "runs").glob("*")) if (self.slice_dir / "runs").is_dir() else []:
+            found += [(run / "training_log.jsonl", f"trainlog-{run.name}.jsonl"), (run / "training_summary.json", f"training-{run.name}.json")]
+        return found
+
+    def copy_changed(self) -> None:
+        for source, name in self.sources():
+            try:
+                stamp = source.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if self.seen.get(source) != stamp:
+                tmp = self.back / f".{name}.tmp"
+                shutil.copy(source, tmp)
+                tmp.replace(self.back / name)  # whole files only: a kill mid-copy leaves the previous version
+                self.seen[source] = stamp
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            self.copy_changed()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+        self.copy_changed()
+
+
+def interrupt_at(when: float) -> threading.Timer:
+    """At ``when`` (time.time()), interrupt the main thread: the call stops and brings back what it has."""
+    timer = threading.Timer(max(0.0, when - time.time()), _thread.interrupt_main)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bring-back", default=None, help="folder whose files come back (the device's $OUT)")
     parser.add_argument("--train-only", action="store_true", help="train the rows and stop (the next call, on the same machine, evaluates)")
     parser.add_argument("--smoke", action="store_true", help="the same slice at toy scale on a CPU")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds this call has: no step starts that would end after it; at it, the call stops and brings back what it has")
+    parser.add_argument("--eval-reserve", type=float, default=0.0, help="seconds before the deadline that training leaves for the evaluation")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds after the deadline at which the call interrupts itself")
     args = parser.parse_args(argv)
     from ropekit import study as study_module
 
@@ -96,25 +158,36 @@ def main(argv: list[str] | None = None) -> int:
         name = preset.name
     only = [label for label in (args.only or "").split(",") if label.strip()] or None
     started = time.time()
+    stop_at = None if args.deadline is None else started + args.deadline
+    copier = timer = None
+    if args.bring_back:
+        back = Path(args.bring_back)
+        back.mkdir(parents=True, exist_ok=True)
+        copier = Copier(output / args.slice, back)
+        copier.start()
+    if stop_at is not None:
+        timer = interrupt_at(stop_at + args.grace)
+        print(f"study call: deadline in {args.deadline:.0f} s (training leaves {args.eval_reserve:.0f} s for the evaluation)", flush=True)
     status = 0
     try:
-        study_module.study(name, output, only=only, slice_name=args.slice, progress=not args.smoke, train_only=args.train_only)
-    except BaseException as err:  # a time limit (SIGINT) or a failure: still bring back what was measured
+        study_module.study(name, output, only=only, slice_name=args.slice, progress=not args.smoke, train_only=args.train_only,
+                           stop_at=stop_at, eval_reserve=args.eval_reserve)
+    except BaseException as err:  # the deadline (SIGINT), a time limit or a failure: still bring back what was measured
         print(f"study call stopped: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         if not isinstance(err, KeyboardInterrupt):
             traceback.print_exc()
         status = 1
+    finally:
+        if timer is not None:
+            timer.cancel()
     print(f"study call: slice {args.slice}{' rows ' + ','.join(only) if only else ''}: {time.time() - started:.0f} s", flush=True)
-    if args.bring_back:
-        back = Path(args.bring_back)
-        back.mkdir(parents=True, exist_ok=True)
-        final, partial = output / args.slice / "results.json", output / args.slice / "eval" / "results.json"
-        if args.train_only:
-            pass  # nothing to bring back but the log: the checkpoints stay on this machine for the next call
-        elif status == 0 and final.exists():
+    if copier is not None:
+        copier.stop()
+        final = output / args.slice / "results.json"
+        if status == 0 and final.exists() and not args.train_only:
             shutil.copy(final, back / f"results-{args.slice}.json")
-        elif partial.exists():
-            shutil.copy(partial, back / f"partial-{args.slice}.json")
+            for _, name in copier.sources():  # the slice's file holds them all now
+                (back / name).unlink(missing_ok=True)
     return status
 
 

@@ -41,6 +41,7 @@ class Slice:
     labels: tuple[str, ...]
     lengths: tuple[int, ...] | None = None
     tasks: dict | None = None
+    task_lengths: dict | None = None  # task → its own lengths (e.g. perplexity inside the native window too)
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,11 @@ class Preset:
 # the paper's 100-sample row). Runs trained at the native 8K (CREAM, PoSE) get the same number of tokens: 4× (32K) or
 # 8× (64K) as many 8K samples over the same 6 steps. lr 2e-4: the paper's 2e-5 was chosen for 7B; on this 135M model
 # 2e-4 is the first lever (shared/anchors.md).
-# save_steps 2: a run cut by a device call's time limit resumes from its last checkpoint in the next call.
-_GPU_COMMON = {"learning_rate": 2e-4, "precision": "bf16", "micro_batch_size": 1, "batch_size": 32, "save_steps": 2}
+# A 135M model trains at full speed: no gradient checkpointing (activations of one 64K micro-batch are ~40 GiB in bf16,
+# inside an 80 GiB GPU) and no mid-run checkpoint saves; a row that cannot finish before its call's deadline stops
+# after its last whole step and says so (TrainOptions.stop_at).
+_GPU_COMMON = {"learning_rate": 2e-4, "precision": "bf16", "micro_batch_size": 1, "batch_size": 32, "gradient_checkpointing": False,
+               "save_steps": 100_000}
 _FT = {"samples": 100, "epochs": 2}
 # Positions of the gold item for KV retrieval and LongChat-Lines: both ends (the U-shape) and three points in the middle
 # third, where CREAM claims to beat PoSE ("lost in the middle").
@@ -125,13 +129,17 @@ PRESETS = {
          "lines": {"trials": 4, "positions": _POSITIONS}, "kv": {"trials": 4, "positions": _POSITIONS}, "entropy": {"documents": 2}},
         _GPU_COMMON,
         (
-            Slice("headline", "EABF fine-tuned at 32K (100 samples, 6 steps) and CREAM-YaRN trained at 8K for 64K, at "
-                  "16K/32K/64K: passkey 20 trials, 3 PPL windows, NIAH 10 depths, KV retrieval in the middle third",
-                  ("eabf-32k", "eabf-mix-32k", "cream-yarn-64k"), (16384, 32768, 65536),
+            # The original (none) and the untrained EABF formula are read in the same protocol as the trained rows;
+            # perplexity also at 4K and 8K (the 64K forward serves them), so "PPL at 64K ≤ the original's at 8K"
+            # compares like with like.
+            Slice("headline", "EABF fine-tuned at 32K (100 samples, 8 optimizer steps) and CREAM-YaRN trained at 8K for 64K, "
+                  "beside the original and the untrained EABF formula, at 16K/32K/64K: passkey 20 trials, NIAH 10 depths, KV "
+                  "retrieval in the middle third; perplexity (3 windows) at 4K-64K",
+                  ("eabf-32k", "eabf-mix-32k", "cream-yarn-64k", "none", "eabf-free"), (16384, 32768, 65536),
                   {"passkey": {"trials": 20, "batch_size": 4}, "ppl": {"windows": 3}, "niah": {"trials": 1, "batch_size": 5},
-                   "kv": {"trials": 4, "positions": _MIDDLE_THIRD}}),
-            Slice("training-free", "no training: the original, dynamic NTK, YaRN, the EABF formula, YaRN + log scale",
-                  ("none", "dynamic-free", "yarn-free", "eabf-free", "yarn-logscale-free")),
+                   "kv": {"trials": 4, "positions": _MIDDLE_THIRD}}, {"ppl": (4096, 8192, 16384, 32768, 65536)}),
+            Slice("training-free", "no training: dynamic NTK, YaRN, YaRN + log scale (the original and the EABF formula are "
+                  "in the headline slice)", ("dynamic-free", "yarn-free", "yarn-logscale-free")),
             # Self-Extend runs its own fp32 attention (two full S×S logit matrices per layer): ~6 s per 32K forward and
             # ~24 s per 64K forward on one H100 (estimated, benchmarks/gpu/plan.py), so it gets 4K-32K and the core tasks.
             Slice("self-extend", "Self-Extend, training-free, at 4K-32K: passkey 20 trials, NIAH 10 depths, 3 PPL windows",
@@ -198,11 +206,14 @@ def get_slice(preset: Preset, name: str) -> Slice:
 
 
 def study(preset: str = "smollm2-64k", output: str | Path = "ropekit-study", device: str = "auto", only: list[str] | None = None,
-          progress: bool = True, slice_name: str | None = None, report_only: bool = False, train_only: bool = False) -> dict | None:
+          progress: bool = True, slice_name: str | None = None, report_only: bool = False, train_only: bool = False,
+          stop_at: float | None = None, eval_reserve: float = 0.0) -> dict | None:
     """Run (or resume) one slice of a preset (``slice_name``), or every slice in turn; then merge every slice found in
-    ``output`` into the report and ``study.md``. ``only``: run just these rows (of the slice). ``report_only``: run
-    nothing, only merge and render. ``train_only``: train the rows and stop (None is returned); a later run evaluates
-    them. Returns the merged results."""
+    ``output`` into the report and ``study.md``. ``only``: run just these rows (of the slice), trained and evaluated in
+    that order. ``report_only``: run nothing, only merge and render. ``train_only``: train the rows and stop (None is
+    returned); a later run evaluates them. ``stop_at`` (a ``time.time()`` value): no training step or evaluation step
+    starts that would end after it; training keeps ``eval_reserve`` seconds before it for the evaluation. Returns the
+    merged results."""
     chosen = get_preset(preset)
     out = Path(output).expanduser()
     if not report_only:
@@ -215,19 +226,22 @@ def study(preset: str = "smollm2-64k", output: str | Path = "ropekit-study", dev
                 raise RopekitError(f"{where} has no run {missing[0]!r}", f"choose from: {', '.join(sorted(allowed))}")
             slices = [s for s in slices if set(s.labels) & set(only)]
         for part in slices:
-            run_slice(chosen, part, out / part.name, device=device, only=only, progress=progress, train_only=train_only)
+            run_slice(chosen, part, out / part.name, device=device, only=only, progress=progress, train_only=train_only,
+                      stop_at=stop_at, eval_reserve=eval_reserve)
     return None if train_only else write_report(chosen, out)
 
 
 def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto", only: list[str] | None = None,
-              progress: bool = True, train_only: bool = False) -> dict | None:
+              progress: bool = True, train_only: bool = False, stop_at: float | None = None, eval_reserve: float = 0.0) -> dict | None:
     """Train the slice's rows that are not trained yet (continuing from a checkpoint an interrupted run left), evaluate
-    them, and add them to ``directory/results.json``."""
+    them, and add them to ``directory/results.json``. Rows run in the order of ``only`` (else the slice's)."""
     from .eval.merge import merge_results
     from .eval.runner import RunSpec, _write_json, evaluate
     from .train import TrainOptions, train
 
-    runs = [r for r in preset.runs if r.label in part.labels and (not only or r.label in only)]
+    order = list(only) if only else list(part.labels)
+    runs = sorted((r for r in preset.runs if r.label in part.labels and r.label in order), key=lambda r: order.index(r.label))
+    train_stop = None if stop_at is None else stop_at - eval_reserve
     for run in runs:
         target_dir = directory / "runs" / run.label
         if not run.train or (target_dir / "training_summary.json").exists():
@@ -236,13 +250,14 @@ def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto"
         # an interrupted run continues: its checkpoints, or LongRecipe's started stages (OUT/stage0/checkpoint-*, …)
         resume = any(target_dir.glob("checkpoint-*")) or (run.recipe == "longrecipe" and (target_dir / "stage0").is_dir())
         train(TrainOptions(model=preset.model, method=run.method, target_length=run.target, output=target_dir, recipe=run.recipe,
-                           strategy=run.strategy, device=device, progress=progress, overwrite=not resume, resume=resume, **options))
+                           strategy=run.strategy, device=device, progress=progress, overwrite=not resume, resume=resume,
+                           stop_at=train_stop, **options))
     if train_only:
         return None
     specs = [RunSpec(preset.model, None if r.method == "none" else r.method, {}, r.target, label=r.label) if not r.train
              else RunSpec(str(directory / "runs" / r.label), label=r.label) for r in runs]
     results = evaluate(specs, part.tasks or preset.tasks, list(part.lengths or preset.lengths), directory / "eval", device=device,
-                       kind="study", progress=progress)
+                       kind="study", progress=progress, task_lengths=part.task_lengths, stop_at=stop_at)
     results.pop("path", None)
     for entry in results["runs"]:
         entry["slice"] = part.name

@@ -27,7 +27,7 @@ from .memory import make_chunked_loss, tile_mlp, untile_mlp
 from .models import load_model
 from .parallel import check_launch, fallback_note, layout, read_launch
 from .positions import check_params, get_strategy, sentence_end_ids
-from .training import EpochCallback, LossLog, RopekitTrainer, TrainingSet, collate, collate_padded, get_recipe
+from .training import EpochCallback, LossLog, RopekitTrainer, StopAt, TrainingSet, collate, collate_padded, get_recipe
 
 
 @dataclass
@@ -76,6 +76,7 @@ class TrainOptions:
     attn_implementation: str | None = None
     seed: int = 0
     save_steps: int = 50
+    stop_at: float | None = None  # a time.time() value: no optimizer step starts that would end after it (the run is saved, marked cut)
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
@@ -288,27 +289,38 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
         collator = partial(_with_hidden_states, collator)
     if options.tile_mlp:
         tile_mlp(model, options.tile_mlp)
+    stop = StopAt(options.stop_at) if options.stop_at is not None else None
     trainer = RopekitTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
-                             callbacks=[EpochCallback(dataset), log, *(callbacks or [])],
+                             callbacks=[EpochCallback(dataset), log, *([stop] if stop else []), *(callbacks or [])],
                              compute_loss_func=make_chunked_loss(model, options.loss_chunk) if chunked else None,
                              offload_activations=options.offload_activations, s2=s2)
     parallel = layout(trainer.accelerator)
     fallback = fallback_note(launch, parallel)
     _say([fallback] if fallback else [])
+    if on_gpu:  # the summary's peak memory is this run's, not an earlier one's in the same process
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
     result = trainer.train(resume_from_checkpoint=True if options.resume else None)
 
     if options.lora_r:
         model = merge_lora(trainer.model)
     untile_mlp(model)
     model.config.use_cache = True
+    import torch
+
     summary = {
         "model": str(options.model), "method": method, "target_length": target, "native_length": native,
         "train_length": train_length, "strategy": strategy, "strategy_params": strategy_params, "recipe": asdict(recipe),
         "overrides": {k: v for k, v in asdict(options).items() if k not in ("progress",)},
         "data": {"source": report.source, "kind": report.kind, "rows": report.rows, "skipped": report.skipped,
                  "first_error": report.first_error, "examples": len(rows), "tokens": report.tokens, "notes": report.notes},
-        "steps": trainer.state.global_step, "final_loss": log.rows[-1]["loss"] if log.rows else None,
+        "steps": trainer.state.global_step, "planned_steps": trainer.state.max_steps,
+        "stopped_at_deadline": stop.stopped if stop else None, "final_loss": log.rows[-1]["loss"] if log.rows else None,
         "train_loss": result.training_loss, "tokens_seen": trainer.state.num_input_tokens_seen,
+        "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
+        "gradient_checkpointing": options.gradient_checkpointing, "micro_batch_size": options.micro_batch_size,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_gpu else None,
         "seconds": round(time.time() - started, 1), "precision": precision, "world_size": world,
         "main_process": trainer.is_world_process_zero(), "context_parallel": context_parallel,
         "parallel": {**parallel, "adjustments": launch_notes + ([fallback] if fallback else [])},

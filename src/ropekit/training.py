@@ -272,3 +272,29 @@ class LossLog(TrainerCallback):
         self.rows.append(row)
         with open(self.path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+
+class StopAt(TrainerCallback):
+    """Starts no optimizer step that would end after ``stop_at`` (a ``time.time()`` value): after each step, if one
+    more step (as long as the slowest so far, plus 10%) would cross it, training stops and the run is saved as it is.
+    ``stopped`` then holds the step it stopped after; the summary reports it, so a cut run is never taken for a whole one."""
+
+    def __init__(self, stop_at: float, clock=time.time):
+        self.stop_at, self.clock = stop_at, clock
+        self.step_started = None
+        self.slowest = 0.0
+        self.stopped: int | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_started = self.clock()
+        if self.step_started > self.stop_at and self.stopped is None:  # already past it (e.g. before the first step)
+            control.should_training_stop = True
+            self.stopped = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = self.clock()
+        if self.step_started is not None:
+            self.slowest = max(self.slowest, now - self.step_started)
+        if now + 1.1 * self.slowest > self.stop_at and state.global_step < state.max_steps:
+            control.should_training_stop = True
+            self.stopped = state.global_step

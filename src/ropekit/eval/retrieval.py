@@ -184,6 +184,8 @@ def run_kv(model, tokenizer, lengths, seed=0, progress=True, positions=None, tri
 
 
 register(Task("lines", "LongChat-Lines: retrieve one line's REGISTER_CONTENT from a long record of lines (per query position)",
-              "accuracy %", True, run_lines, {"positions": None, "trials": 4}))
+              "accuracy %", True, run_lines, {"positions": None, "trials": 4},
+              version=2))  # 2: the calibrated record format (2026-11-27); 1: LongChat's original wording
 register(Task("kv", "key-value retrieval from a JSON object, gold pair moved across positions (lost in the middle)",
-              "accuracy %", True, run_kv, {"positions": None, "trials": 4}))
+              "accuracy %", True, run_kv, {"positions": None, "trials": 4},
+              version=2))  # 2: word keys, 6-digit values, the prompt starting the asked record; 1: Liu et al.'s UUIDs

@@ -63,10 +63,12 @@ def model_identity(source: str) -> str:
 
 
 def cache_key(spec: RunSpec, task: str, options: dict, length: int, seed: int) -> str:
-    material = json.dumps({"model": model_identity(spec.model), "method": spec.method, "params": spec.params,
-                           "target": spec.target_length, "task": task, "options": options, "length": length, "seed": seed},
-                          sort_keys=True, default=str)
-    return hashlib.sha1(material.encode()).hexdigest()[:20]
+    version = get_task(task).version if task else 1
+    material = {"model": model_identity(spec.model), "method": spec.method, "params": spec.params,
+                "target": spec.target_length, "task": task, "options": options, "length": length, "seed": seed}
+    if version != 1:  # version-1 results keep the keys they were cached under
+        material["version"] = version
+    return hashlib.sha1(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def _write_json(path: Path, data) -> None:
@@ -109,9 +111,19 @@ def prepare(runs: list[RunSpec], tasks: dict[str, dict]) -> float:
 
 
 def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], output: str | Path, seed: int = 0,
-             device: str = "auto", dtype: str = "auto", kind: str = "eval", progress: bool = True) -> dict:
-    """Evaluate every run on every task at every length; returns the results dict written to ``output/results.json``."""
+             device: str = "auto", dtype: str = "auto", kind: str = "eval", progress: bool = True,
+             task_lengths: dict[str, list[int]] | None = None, stop_at: float | None = None) -> dict:
+    """Evaluate every run on every task at every length; returns the results dict written to ``output/results.json``.
+
+    ``task_lengths``: lengths for some tasks instead of ``lengths`` (e.g. perplexity also inside the native window).
+    ``stop_at``: a wall-clock time (``time.time()``) the evaluation must end by. Each (run, task, length) step is then
+    run on its own, and a step whose estimated time (the same task measured at this or a shorter length earlier in
+    this call, scaled by the length squared) would end after it is skipped and listed in ``results["skipped"]``;
+    results.json is rewritten after every step, so a run stopped from outside keeps every finished step."""
     resolved = {name: check_options(get_task(name), options) for name, options in tasks.items()}
+    for name in task_lengths or {}:
+        if name not in resolved:
+            raise RopekitError(f"lengths given for task {name!r}, which is not evaluated", f"use one of: {', '.join(resolved)}")
     for spec in runs:  # fail on bad input before loading anything
         if spec.method is not None:
             split_methods(spec.method)
@@ -120,25 +132,31 @@ def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], ou
     labels = [spec.name() for spec in runs]
     if len(set(labels)) != len(labels):
         raise RopekitError(f"two runs share the label {next(label for label in labels if labels.count(label) > 1)!r}", "give each run its own label")
+    per_task = {name: sorted(set((task_lengths or {}).get(name) or lengths)) for name in resolved}
     out = Path(output).expanduser()
     (out / "cache").mkdir(parents=True, exist_ok=True)
     setup_seconds = prepare(runs, resolved)
     started = time.time()
-    results = {"format": RESULTS_FORMAT, "kind": kind, "seed": seed, "lengths": list(lengths),
+    results = {"format": RESULTS_FORMAT, "kind": kind, "seed": seed, "lengths": sorted({n for ns in per_task.values() for n in ns}),
                "tasks": {name: {"metric": get_task(name).metric, "higher_is_better": get_task(name).higher_is_better,
-                                "summary": get_task(name).summary, "options": options,
+                                "summary": get_task(name).summary, "options": options, "version": get_task(name).version,
+                                **({"lengths": per_task[name]} if per_task[name] != sorted(set(lengths)) else {}),
                                 "columns": [asdict(column) for column in get_task(name).columns]} for name, options in resolved.items()},
                "environment": environment(device), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "setup_seconds": setup_seconds, "runs": []}
-    jobs = len(runs) * len(resolved) * len(lengths)
+    if stop_at is not None:
+        results["skipped"] = []
+    jobs = len(runs) * sum(len(ns) for ns in per_task.values())
     bar = tqdm(total=jobs, desc=kind, unit="job", disable=not progress)
     loaded: dict[str, tuple] = {}
+    timings: dict[str, list[tuple[int, float]]] = {}  # task → (length, seconds) measured in this call
     for spec in runs:
         run_started = time.time()
         entry = {"label": spec.name(), **{k: v for k, v in asdict(spec).items() if k != "label"}, "results": {}}
         results["runs"].append(entry)
-        pending = {name: [n for n in lengths if not (out / "cache" / f"{cache_key(spec, name, opts, n, seed)}.json").exists()]
-                   for name, opts in resolved.items()}
+        cached = {name: {n: out / "cache" / f"{cache_key(spec, name, opts, n, seed)}.json" for n in per_task[name]}
+                  for name, opts in resolved.items()}
+        pending = {name: [n for n, path in paths.items() if not path.exists()] for name, paths in cached.items()}
         model = tokenizer = None
         facts_path = out / "cache" / f"run-{cache_key(spec, '', {}, 0, seed)}.json"
         if any(pending.values()) or not facts_path.exists():
@@ -148,15 +166,29 @@ def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], ou
         entry.update(json.loads(facts_path.read_text()))  # the model's extension record, also when every result is cached
         for name, opts in resolved.items():
             entry["results"][name] = {}
-            todo = pending[name]
-            if todo:
-                bar.set_postfix_str(f"{spec.name()} {name} {','.join(format_length(n) for n in todo)}")
-                fresh = get_task(name).run(model, tokenizer, todo, seed=seed, progress=False, **opts)
-                for n in todo:
-                    _write_json(out / "cache" / f"{cache_key(spec, name, opts, n, seed)}.json", fresh[n])
-            for n in lengths:
-                entry["results"][name][str(n)] = json.loads((out / "cache" / f"{cache_key(spec, name, opts, n, seed)}.json").read_text())
-            bar.update(len(lengths))
+            for step in _steps(name, pending[name], stop_at is not None):
+                if stop_at is not None:
+                    guess = _estimate(timings.get(name, []), step)
+                    if guess is not None and time.time() + guess > stop_at:
+                        results["skipped"] += [{"label": spec.name(), "task": name, "length": n, "estimate_s": round(guess, 1),
+                                                "reason": "would end after the deadline"} for n in step]
+                        bar.update(len(step))
+                        continue
+                bar.set_postfix_str(f"{spec.name()} {name} {','.join(format_length(n) for n in step)}")
+                step_started = time.time()
+                fresh = get_task(name).run(model, tokenizer, step, seed=seed, progress=False, **opts)
+                timings.setdefault(name, []).append((max(step), time.time() - step_started))
+                for n in step:
+                    _write_json(cached[name][n], fresh[n])
+                    entry["results"][name][str(n)] = fresh[n]
+                bar.update(len(step))
+                results["seconds"] = round(time.time() - started, 1)
+                _write_json(out / "results.json", results)
+            for n, path in cached[name].items():
+                if path.exists():
+                    entry["results"][name][str(n)] = json.loads(path.read_text())
+            entry["results"][name] = dict(sorted(entry["results"][name].items(), key=lambda item: int(item[0])))
+            bar.update(len(per_task[name]) - len(pending[name]))  # the cached ones
             results["seconds"] = round(time.time() - started, 1)
             _write_json(out / "results.json", results)
         entry["seconds"] = round(time.time() - run_started, 1)
@@ -165,6 +197,27 @@ def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], ou
     _write_json(out / "results.json", results)
     results["path"] = str(out / "results.json")
     return results
+
+
+def _steps(task: str, todo: list[int], one_at_a_time: bool) -> list[list[int]]:
+    """The lengths one task call gets: all at once, or (under a deadline) one length per call — except where one
+    forward serves every length (perplexity with a length-independent RoPE), which stays one call."""
+    if not todo:
+        return []
+    if not one_at_a_time or task == "ppl":
+        return [todo]
+    return [[n] for n in todo]
+
+
+def _estimate(measured: list[tuple[int, float]], step: list[int]) -> float | None:
+    """Seconds a step of this task will take: the longest measured step at most as long, scaled by the length
+    squared (attention dominates at long lengths; an overestimate at short ones). None before any measurement."""
+    n = max(step)
+    shorter = [(m, s) for m, s in measured if m <= n]
+    if not shorter:
+        return None
+    m, seconds = max(shorter)
+    return seconds * (n / m) ** 2
 
 
 def score_of(run: dict, task: str, length: int, key: str = "score"):

@@ -40,6 +40,9 @@ class Task:
     kind: str = "synthetic"  # "synthetic" (generated here), "natural" (text corpus), "dataset" (local files), "probe"
     also: tuple[Column, ...] = ()  # further headline numbers of the same forward passes (e.g. passkey_ppl's perplexity)
     score_label: str | None = None  # the label of "score" (default: the task's name)
+    # The scoring format: raised whenever a change makes new scores incomparable with old ones (prompt format, item
+    # generator, success rule). Results carry it; merged results never put two versions in one column.
+    version: int = 1
 
     @property
     def columns(self) -> tuple[Column, ...]:
