@@ -199,5 +199,26 @@ def test_merge_results_unions_and_refuses_duplicate_labels():
     assert merge_results([("a", a), ("a", again)], replace=True)["runs"][0]["results"]["passkey"]["4096"]["score"] == 0.0
 
 
+def test_scores_of_two_task_format_versions_are_never_merged_into_one_column(tmp_path):
+    from ropekit.eval.merge import merge_results
+    from ropekit.report import render
+
+    old = fake_results([fake_run("eabf-32k", {"kv": {16384: 0.0}, "passkey": {16384: 100.0}}, model="m")], lengths=(16384,))  # before versions: v1
+    new = fake_results([fake_run("none", {"kv": {16384: 40.0}, "passkey": {16384: 0.0}}, model="m")], lengths=(16384,))
+    new["tasks"]["kv"]["version"] = 2
+    merged = merge_results([("headline", old), ("headline", new)], replace=True)
+    assert merged["tasks"]["kv"]["version"] == 2 and merged["tasks"]["kv@v1"]["version"] == 1
+    assert "not comparable with v2" in merged["tasks"]["kv@v1"]["summary"]
+    first, second = merged["runs"]
+    assert set(first["results"]) == {"kv@v1", "passkey"} and first["task_versions"] == {"kv@v1": 1, "passkey": 1}
+    assert set(second["results"]) == {"kv", "passkey"} and second["task_versions"] == {"kv": 2, "passkey": 1}
+    assert merge_results([("headline", merged)])["runs"][0]["task_versions"] == first["task_versions"]  # stable when merged again
+    (tmp_path / "results.json").write_text(json.dumps(merged))
+    report = render(tmp_path)[0].read_text()
+    assert "## kv@v1 (format v1)" in report and "## kv (format v2)" in report
+    kv = report.split("## kv (format v2)")[1].split("##")[0]
+    assert "| eabf-32k | - |" in kv and "| none | 40.0 |" in kv  # the old score is not in the new column
+
+
 def rows_by_label(preset):
     return {r.label: r for r in preset.runs}

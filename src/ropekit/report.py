@@ -239,7 +239,7 @@ def render(directory: str | Path) -> tuple[Path, Path]:
     figures: list[tuple[str, Path]] = []
     for task, meta in results["tasks"].items():
         columns = columns_of(meta)
-        md += [f"## {task}", "", f"{meta['summary']}. " + "; ".join(
+        md += [f"## {task}" + (f" (format v{meta['version']})" if "version" in meta else ""), "", f"{meta['summary']}. " + "; ".join(
             f"{c['label'] or 'score'}: {c['metric']} ({'higher' if c['higher_is_better'] else 'lower'} is better)" for c in columns)
             + f". Options: `{json.dumps(meta['options'])}`.", ""]
         for column in columns:
@@ -275,7 +275,7 @@ def render(directory: str | Path) -> tuple[Path, Path]:
                     figures.append((f"NIAH — {run['label']}", figure))
                     md += [f"![niah {run['label']}](plots/{figure.name})", ""]
         if any("positions" in run["results"].get(task, {}).get(str(n), {}) for run in results["runs"] for n in lengths):
-            figure = plot_positions(results, task, plots / f"{task}_by_position.png")
+            figure = plot_positions(results, task, plots / f"{_safe(task)}_by_position.png")
             figures.append((f"{task} by position", figure))
             md += [f"![{task} by position](plots/{figure.name})", ""]
     md_path = directory / "report.md"

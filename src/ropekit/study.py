@@ -367,7 +367,8 @@ def goal_checks(results: dict) -> list[str]:
                 p, _ = _middle_third(results, pose, task, n, common)
                 if c is not None or p is not None:
                     ok = None if c is None or p is None else c >= p
-                    checks.append(f"{task} middle third @{format_length(n)} {_fmt(c)} vs {pose} {_fmt(p)} (goal ≥: {_verdict(ok)})")
+                    verdict = "tie" if c is not None and c == p else _verdict(ok)  # equal scores (e.g. both 0) decide nothing
+                    checks.append(f"{task} middle third @{format_length(n)} {_fmt(c)} vs {pose} {_fmt(p)} (goal ≥: {verdict})")
             lines.append(f"- **{cream}**: " + "; ".join(checks))
     return lines
 

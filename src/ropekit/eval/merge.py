@@ -5,6 +5,10 @@ A directory of slices looks like ``DIR/<slice>/results.json``; :func:`find_resul
 :func:`merge_results` joins them: the union of lengths and tasks, every run kept with the slice it came from and its
 own environment and task options. A run label may appear in only one slice (two different rows must not share a
 name); within one slice a re-run replaces the earlier entry (``replace=True``).
+
+Scores of different task format versions (``tasks[name]["version"]``, 1 where a file predates versions) are never
+merged into one column: the newest version keeps the task's name, and a run scored with an older one has those scores
+under ``"<task>@v<version>"``, a task of its own in the tables and plots.
 """
 
 from __future__ import annotations
@@ -39,13 +43,27 @@ def merge_results(sets: list[tuple[str, dict]], replace: bool = False) -> dict:
     for name, results in sets:
         if results.get("format") != 2 or "runs" not in results:
             raise RopekitError(f"results of {name!r} are not a ropekit results file (format 2)", "re-run that slice with this ropekit version")
-        lengths.update(int(n) for n in results["lengths"])
+    newest = {}
+    for _, results in sets:
         for task, meta in results["tasks"].items():
-            tasks.setdefault(task, dict(meta))
-            options_seen.setdefault(task, {})[name] = meta["options"]
+            newest[task] = max(newest.get(task, 1), meta.get("version", 1))
+    for name, results in sets:
+        lengths.update(int(n) for n in results["lengths"])
+        renamed = {task: task if meta.get("version", 1) == newest[task] else f"{task}@v{meta.get('version', 1)}"
+                   for task, meta in results["tasks"].items()}
+        for task, meta in results["tasks"].items():
+            key = renamed[task]
+            extra = {} if key == task else {"summary": f"{meta['summary']} (format v{meta.get('version', 1)}: "
+                                                       f"not comparable with v{newest[task]}, kept apart)"}
+            tasks.setdefault(key, {**meta, "version": meta.get("version", 1), **extra})
+            options_seen.setdefault(key, {})[name] = meta["options"]
         for run in results["runs"]:
+            run = {**run, "results": {renamed.get(t, t): r for t, r in run["results"].items()}}
+            if "task_options" in run:
+                run["task_options"] = {renamed.get(t, t): o for t, o in run["task_options"].items()}
             entry = {**run, "slice": run.get("slice", name), "environment": run.get("environment", results["environment"]),
-                     "task_options": run.get("task_options", {t: m["options"] for t, m in results["tasks"].items()})}
+                     "task_options": run.get("task_options", {renamed[t]: m["options"] for t, m in results["tasks"].items()}),
+                     "task_versions": {renamed[t]: m.get("version", 1) for t, m in results["tasks"].items() if renamed[t] in run["results"]}}
             label = entry["label"]
             if label in runs and not replace:
                 raise RopekitError(f"run {label!r} is in two result sets ({runs[label]['slice']!r} and {entry['slice']!r})",
