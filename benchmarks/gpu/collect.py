@@ -58,6 +58,10 @@ def collect(folders: list[Path], study_dir: Path, bench_dir: Path, render: bool 
         if name.startswith(("results-", "partial-")) and name.endswith(".json"):
             slice_name = name.split("-", 1)[1].removesuffix(".json")
             new = json.loads(path.read_text())
+            for step in new.get("skipped", []):  # steps a deadline skipped mark their run incomplete (files before the runner did)
+                run = next((r for r in new["runs"] if r["label"] == step["label"]), None)
+                if run is not None and step not in run.setdefault("skipped", []):
+                    run["skipped"].append(step)
             if name.startswith("partial-"):
                 for run in new["runs"]:
                     run["partial"] = True

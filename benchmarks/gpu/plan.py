@@ -1,22 +1,26 @@
-"""The GPU runbook as a queue: every device call of issues 14 and 15, its estimated minutes on one H100, and which
-are still to run (read from the committed results).
+"""The GPU runbook as a queue: every device call of the study and the performance benchmarks, its estimated seconds,
+which are still to run (read from the committed results), and the windows they are packed into.
 
-    python benchmarks/gpu/plan.py               # the whole plan with estimates
-    python benchmarks/gpu/plan.py --next        # only the calls still to run, in order, with the exact commands
+    python benchmarks/gpu/plan.py                       # the whole plan with estimates
+    python benchmarks/gpu/plan.py --next                # only the calls still to run, in order, with the exact commands
+    python benchmarks/gpu/plan.py --next --budget 860   # … and which of them fit one window of that many device seconds
+    python benchmarks/gpu/plan.py --estimate SLICE LABELS   # seconds one study call needs (study.sh refuses what cannot fit)
 
-Estimates come from FLOPs and the measured anchors (shared/anchors.md), never from a GPU run of this project:
-  * training: the anchor's hand-made EABF run — SmolLM2-135M, 100 samples × 32K tokens × 2 epochs in ≈ 130 s on one
-    H100 — gives an effective rate in model FLOPs/s (6·N + 6·V·d + 3.5 × causal attention per token, the MFU
-    convention), which prices every other row by its tokens × FLOPs per token at its training length;
-  * evaluation forwards: the same effective rate applied to forward FLOPs (2·N + 2·L·S·d per token) — conservative,
-    since a forward pays no recomputation or optimizer; Self-Extend runs its own fp32 attention (two full S×S logit
-    matrices per layer), priced at FP32_RATE plus its memory passes;
-  * CPU work on the GPU machine, measured here on 2 CPU cores (CPU time): KV-retrieval and LongChat-Lines prompts
-    cost ≈ 0.5 s and 0.7 s per 64K sample (linear in length; paid by every row),
-    synthetic 32K conversations ≈ 0.11 s each, tokenising the Shakespeare corpus ≈ 4 s;
-  * fixed costs per call: start-up and imports, and converting the GGUF to safetensors (first call on a machine).
-Issue 14's benchmarks are priced from the anchors' plain-HF step times (TinyLlama 26.4K tok/s at 16K, 18.9K at
-32K, ≈ 40% MFU) extrapolated by FLOPs.
+**Calibration** (measured, never guessed; each constant names its run). One NVIDIA H200, torch 2.11, transformers
+5.17, bf16, SDPA, liger-kernel, no gradient checkpointing (docs/results/smollm2-64k/logs/):
+  * rows trained at the target length (micro-batch 1): eabf-mix-32k, 6.07M tokens at 32K in 109 s of training
+    (55.6K tokens/s), plus 22 s of data preparation, loading and saving; other lengths are priced by model FLOPs;
+  * rows trained at the native 8K (micro-batch 8): cream-yarn-64k and pose-yarn-64k, 12.58M tokens in 101 s and 96 s
+    (125-131K tokens/s; the same row at micro-batch 1 ran at 28.8K tokens/s on one H100), plus 12 s;
+  * evaluation, per row: the headline protocol (passkey 20, NIAH 10 depths, KV middle third at 16K-64K, perplexity
+    4K-64K) 23-38 s; the full protocol (six tasks at 4K-64K) 47-55 s; rows are priced by forward FLOPs scaled to these;
+  * fixed costs: a machine's start 30 s; the first study call of a machine (join, verify and convert the GGUF,
+    imports) 70 s; every later call 20 s.
+The H100 window (one NVIDIA H100, with gradient checkpointing) measured eabf-32k: 5.56M tokens in 136 s of training.
+H100 and H200 have the same dense bf16 peak (989 TFLOP/s spec); the H200's measured matmul peak is about 790 TFLOP/s
+against the H100's 772. Estimates are the H200's; results are filed per device (the device names every row).
+Performance benchmarks (logit scale, training throughput, max length) are priced from the anchors' plain-HF step
+times (TinyLlama 26.4K tok/s at 16K, 18.9K at 32K on one H100) extrapolated by FLOPs.
 """
 
 from __future__ import annotations
@@ -35,21 +39,23 @@ sys.path.insert(0, str(ROOT / "src"))
 from _common import config_for, model_flops_per_token  # noqa: E402
 
 CALL_LIMIT_S = 600  # one device command
-TRAIN_ONLY_LIMIT_S = 570  # study.sh stops its training at this (from the call's start)
-PLAN_LIMIT_S = 330  # several rows share a call only while its estimate stays under this (margin for wrong estimates)
-ROW_LIMIT_S = 420  # one row trains and evaluates in one call while its estimate stays under this; else train, then evaluate
+PLAN_LIMIT_S = 420  # several rows share a call only while its estimate stays under this (margin for wrong estimates)
+ROW_LIMIT_S = 500  # one row trains and evaluates in one call while its estimate stays under this; else train, then evaluate
 WINDOW_S = 900  # one GPU window: the machine's start, the calls and the gaps between them
-START_S = 120  # a machine's start
-GAP_S = 20  # between two calls on a warm machine (the reply, the next call's transfer)
-PEAK = 772e12  # bf16 8192³ matmul on the anchors' H100
-ANCHOR_TRAIN_S = 130.0  # SmolLM2 EABF, 100 × 32K × 2 epochs (shared/anchors.md)
+START_S = 30  # a machine's start (measured: first reply 42 s after the call, of which 12 s was the command)
+GAP_S = 15  # between two calls on a warm machine (the reply, the next call's transfer)
+BUDGET_MARGIN_S = 45  # study.sh ends this long before the budget it is given
+PEAK_SPEC = {"h100": 989e12, "h200": 989e12}  # dense bf16, the vendor's spec
+PEAK_MEASURED = {"h100": 772e12, "h200": 790e12}  # bf16 8192³ matmul
+# Calibration (see the module docstring).
+TARGET_TOKENS, TARGET_TRAIN_S, TARGET_LENGTH = 6_066_998, 109.1, 32768  # eabf-mix-32k on one H200
+TARGET_SETUP_S = 21.5
+NATIVE_TOKENS_PER_S = 125_000.0  # cream-yarn-64k 124.6K, pose-yarn-64k 131.5K tokens/s, micro-batch 8
+NATIVE_SETUP_S = 12.0
+FULL_PROTOCOL_EVAL_S = 47.0  # pose-yarn-64k: six tasks at 4K-64K, one row
+FIRST_CALL_S, LATER_CALL_S = 70.0, 20.0
 FP32_RATE = 40e12  # fp32 matmul FLOP/s assumed for Self-Extend's logits (no TF32)
-HBM = 3.0e12  # bytes/s
-IMPORT_S, CONVERT_S, ROW_LOAD_S, TRAIN_SETUP_S = 15.0, 25.0, 3.0, 10.0
-# Measured on one H100 (docs/results.md): cream-yarn-64k's steps of 256 × 8K tokens at micro-batches of one sample ran
-# at 27-29K tokens/s, 4× slower than the anchor's rate by FLOPs (eabf-32k's 152 s training matched the FLOPs estimate
-# of 151 s). The preset now uses micro-batches of 8; until that is measured, rows trained at 8K are priced at this rate.
-NATIVE_TOKENS_PER_S = 28_000.0
+HBM = 4.8e12  # bytes/s (H200)
 KV_64K_S, LINES_64K_S, CHAT_32K_S, SHAKESPEARE_S = 0.5, 0.7, 0.11, 4.0
 MERGE_S = 10.0  # LongRecipe's streamed merge of two 135M checkpoints (22 s on 2 shared CPU cores)
 
@@ -59,8 +65,30 @@ def smollm2():
 
 
 def train_rate() -> float:
-    tokens = 100 * 32768 * 2
-    return tokens * model_flops_per_token(smollm2(), 32768) / ANCHOR_TRAIN_S
+    """Model FLOP/s of a row trained at its target length, measured (eabf-mix-32k on one H200)."""
+    return TARGET_TOKENS * model_flops_per_token(smollm2(), TARGET_LENGTH) / TARGET_TRAIN_S
+
+
+def _forwards(tasks: dict, lengths: list[int], method: str) -> dict[int, int]:
+    per_length = {"passkey": lambda o: o.get("trials", 20), "niah": lambda o: len(o.get("depths") or [0] * 10) * o.get("trials", 1),
+                  "kv": lambda o: o.get("trials", 4), "lines": lambda o: o.get("trials", 4), "entropy": lambda o: o.get("documents", 2)}
+    forwards = {n: sum(per_length[t](o) for t, o in tasks.items() if t in per_length) for n in lengths}
+    windows = tasks.get("ppl", {}).get("windows", 3) if "ppl" in tasks else 0
+    if method == "dynamic":  # rope depends on the length: one forward per window per length
+        for n in lengths:
+            forwards[n] += windows
+    else:
+        forwards[max(lengths)] += windows
+    return forwards
+
+
+def eval_rate() -> float:
+    """Forward FLOP/s of the evaluation, calibrated on one measured row (pose-yarn-64k, the preset's full protocol)."""
+    from ropekit.study import get_preset
+
+    preset = get_preset("smollm2-64k")
+    flops = sum(count * forward_flops(n) for n, count in _forwards(preset.tasks, list(preset.lengths), "yarn").items())
+    return flops / FULL_PROTOCOL_EVAL_S
 
 
 def forward_flops(length: int) -> float:
@@ -92,68 +120,56 @@ def estimate_row(preset, run, part) -> Row:
     from ropekit.lengths import parse_length
     from ropekit.training import get_recipe
 
-    lengths = list(part.lengths or preset.lengths)
+    lengths = sorted(set(part.lengths or preset.lengths) | {n for ns in (part.task_lengths or {}).values() for n in ns})
     tasks = part.tasks or preset.tasks
-    rate = train_rate()
     train_s = 0.0
     if run.train:
         options = {**preset.common, **run.options}
         recipe = get_recipe(run.recipe)
         target = parse_length(run.target)
         if run.strategy == "contiguous":
-            length, tokens = target, options.get("samples", recipe.samples) * target * options.get("epochs", recipe.epochs)
-            data_s = options.get("samples", recipe.samples) * CHAT_32K_S * target / 32768
+            tokens = options.get("samples", recipe.samples) * target * options.get("epochs", recipe.epochs)
+            train_s = TARGET_SETUP_S + tokens * model_flops_per_token(smollm2(), target) / train_rate()
         else:
             length = 8192
             tokens = options["max_steps"] * options["batch_size"] * length
-            data_s = SHAKESPEARE_S
-        if run.recipe == "longrecipe":  # + its replay at 8K (68/240 of stage 0's tokens, whole steps) on conversations
-            from ropekit.longrecipe import REPLAY_TOKEN_RATIO
+            setup = NATIVE_SETUP_S
+            if run.recipe == "longrecipe":  # + its replay at 8K (68/240 of stage 0's tokens, whole steps) on conversations
+                from ropekit.longrecipe import REPLAY_TOKEN_RATIO
 
-            replay_steps = math.ceil(REPLAY_TOKEN_RATIO * options["max_steps"] * parse_length(options["train_length"]) / length)
-            tokens += replay_steps * options["batch_size"] * length
-            data_s += TRAIN_SETUP_S + replay_steps * options["batch_size"] * CHAT_32K_S * length / 32768 + MERGE_S
-        train_s = TRAIN_SETUP_S + data_s + tokens * model_flops_per_token(smollm2(), length) / rate
-        if run.strategy != "contiguous":  # priced at the rate measured at 8K, never faster than FLOPs say
-            train_s = max(train_s, TRAIN_SETUP_S + data_s + tokens / NATIVE_TOKENS_PER_S)
-    per_length = {"passkey": lambda o: o.get("trials", 20), "niah": lambda o: len(o.get("depths") or [0] * 10) * o.get("trials", 1),
-                  "kv": lambda o: len(o.get("positions") or [0] * 5) * o.get("trials", 4),
-                  "lines": lambda o: len(o.get("positions") or [0] * 5) * o.get("trials", 4), "entropy": lambda o: o.get("documents", 2)}
-    forwards = {n: sum(per_length[t](o) for t, o in tasks.items() if t in per_length) for n in lengths}
-    windows = tasks.get("ppl", {}).get("windows", 3) if "ppl" in tasks else 0
-    if run.method == "dynamic":  # rope depends on the length: one forward per window per length
-        for n in lengths:
-            forwards[n] += windows
-    else:
-        forwards[max(lengths)] += windows
+                replay_steps = math.ceil(REPLAY_TOKEN_RATIO * options["max_steps"] * parse_length(options["train_length"]) / length)
+                tokens += replay_steps * options["batch_size"] * length
+                setup += NATIVE_SETUP_S + replay_steps * options["batch_size"] * CHAT_32K_S * length / 32768 + MERGE_S
+            train_s = setup + tokens / NATIVE_TOKENS_PER_S
+    forwards = _forwards(tasks, [n for n in lengths if n in set(part.lengths or preset.lengths)] or lengths, run.method)
     if run.method == "self_extend":
         eval_s = sum(count * self_extend_forward_s(n) for n, count in forwards.items())
-    else:
-        eval_s = sum(count * forward_flops(n) for n, count in forwards.items()) / rate
+    else:  # calibrated on a measured row, prompt building included
+        eval_s = sum(count * forward_flops(n) for n, count in forwards.items()) / eval_rate()
     prep_s = 0.0
     for task, per_sample in (("kv", KV_64K_S), ("lines", LINES_64K_S)):
         if task in tasks:
-            prep_s += sum(per_length[task](tasks[task]) * per_sample * n / 65536 for n in lengths)
-    return Row(run.label, train_s, ROW_LOAD_S + eval_s + prep_s, prep_s)
+            prep_s += sum(tasks[task].get("trials", 4) * per_sample * n / 65536 for n in forwards)
+    return Row(run.label, train_s, eval_s, prep_s)
 
 
-def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
-    """Each slice's rows packed, in order, into calls estimated at ≤ PLAN_LIMIT_S. A row whose training alone does not
-    fit gets two calls on the same warm machine: ``--train-only`` (cut by the time limit at worst: it resumes from its
-    last checkpoint), then, less than 30 s later, the rest of its training if any and its evaluation."""
+def study_calls(preset_name: str = "smollm2-64k", skip: set[str] = frozenset()) -> list[dict]:
+    """Each slice's rows packed, in order, into calls estimated at ≤ PLAN_LIMIT_S (a later call's fixed cost
+    included; the first call of a machine adds FIRST_CALL_S - LATER_CALL_S, counted by :func:`windows`). A row whose
+    training and evaluation do not fit ROW_LIMIT_S gets two calls on the same warm machine: ``--train-only``, then,
+    less than 30 s later, its evaluation."""
     from ropekit.study import get_preset, preset_slices
 
     preset = get_preset(preset_name)
     rows = {r.label: r for r in preset.runs}
-    fixed = IMPORT_S + CONVERT_S
+    fixed = LATER_CALL_S
     calls = []
 
-    def add(part, members, train_only=False, follows=False, train_s=None):
-        trained = sum(r.train_s for r in members) if train_s is None else train_s  # the training this call does
-        seconds = fixed + (trained if train_only else sum(r.eval_s for r in members) + (trained if not follows or train_s is not None else 0))
+    def add(part, members, train_only=False, follows=False):
+        seconds = fixed + sum(r.train_s for r in members if not follows) + (0 if train_only else sum(r.eval_s for r in members))
         labels = ",".join(r.label for r in members)
         calls.append({"slice": part.name, "rows": members, "seconds": seconds, "train_only": train_only,
-                      "command": f"bash benchmarks/gpu/study.sh {part.name} {labels}{' --train-only' if train_only else ''}",
+                      "command": f"bash benchmarks/gpu/study.sh {part.name} {labels}{' --train-only' if train_only else ''} --budget B",
                       "brings_back": ["study-%s.log" % part.name] if train_only else
                       [f"results-{part.name}.json (or partial-{part.name}.json)", f"study-{part.name}.log"],
                       "must_follow_within_30_s": follows})
@@ -161,16 +177,15 @@ def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
     for part in preset_slices(preset):
         current: list[Row] = []
         for label in part.labels:
+            if label in skip:
+                continue
             row = estimate_row(preset, rows[label], part)
             if fixed + row.train_s + row.eval_s > ROW_LIMIT_S and row.train_s > 0:
                 if current:
                     add(part, current)
                     current = []
-                # the train-only call trains until study.sh's time limit at most; the next call resumes the rest
-                first = min(row.train_s, TRAIN_ONLY_LIMIT_S - fixed)
-                rest = row.train_s - first
-                add(part, [row], train_only=True, train_s=first)
-                add(part, [row], follows=True, train_s=rest + TRAIN_SETUP_S if rest > 0 else None)
+                add(part, [row], train_only=True)
+                add(part, [row], follows=True)
                 continue
             if current and fixed + sum(r.train_s + r.eval_s for r in current + [row]) > PLAN_LIMIT_S:
                 add(part, current)
@@ -179,6 +194,39 @@ def study_calls(preset_name: str = "smollm2-64k") -> list[dict]:
         if current:
             add(part, current)
     return calls
+
+
+def estimate_call(slice_name: str, labels: list[str], preset_name: str = "smollm2-64k") -> float:
+    """Seconds of training and evaluation of these rows of one slice (no fixed cost): what study.sh checks against its
+    deadline before it starts."""
+    from ropekit.study import get_preset, get_slice
+
+    preset = get_preset(preset_name)
+    part = get_slice(preset, slice_name)
+    rows = {r.label: r for r in preset.runs}
+    return sum((lambda r: r.train_s + r.eval_s)(estimate_row(preset, rows[label], part)) for label in labels or part.labels)
+
+
+# The windows of the runbook, in order: (name, question, [(slice, labels)], what to drop first when minutes run short).
+WINDOWS = [
+    ("W1", "EABF keeps the model?", [("headline", ("eabf-mix-32k", "none", "eabf-free"))], ("eabf-free",)),
+    ("W2", "CREAM reaches 64K?", [("headline", ("cream-yarn-64k",))], ()),
+    ("W3", "the scale free, training faster?", [], ()),  # perf-1 (logit_scale_overhead, train_throughput 16K), perf-2
+    ("W4", "the seeds' comparisons", [("rest-64k", ("pose-yarn-64k",)), ("finetuned-32k", ("abf-32k",))], ("abf-32k",)),
+]
+
+
+def windows(measured: dict[str, dict], budget: float = WINDOW_S) -> list[dict]:
+    """Each window with its estimate (start, the first call's staging, every call) and whether it is done."""
+    out = []
+    for name, question, parts, drop in WINDOWS:
+        labels = [label for _, ls in parts for label in ls]
+        seconds = START_S + FIRST_CALL_S + sum(estimate_call(s, list(ls)) + LATER_CALL_S + GAP_S for s, ls in parts) if parts else None
+        out.append({"name": name, "question": question, "labels": labels, "drop_first": list(drop), "seconds": seconds,
+                    "fits": None if seconds is None else seconds <= budget,
+                    "done": bool(labels) and all(label in measured for label in labels),
+                    "devices": sorted({measured[label]["device"] for label in labels if label in measured})})
+    return out
 
 
 def plain_step_s(shape: str, length: int) -> float:
@@ -191,10 +239,10 @@ def plain_step_s(shape: str, length: int) -> float:
 def perf_calls() -> list[dict]:
     steps = 2 + 5  # warm-up + timed
     build = 10.0
-    logit = IMPORT_S + sum(2 * steps * plain_step_s("tinyllama-1.1b", n) + build for n in (16384, 32768, 65536)) + 10
+    logit = LATER_CALL_S + sum(2 * steps * plain_step_s("tinyllama-1.1b", n) + build for n in (16384, 32768, 65536)) + 10
     train = {n: 10 * (steps * plain_step_s("tinyllama-1.1b", n) + build) + 60 for n in (16384, 32768)}  # 10 variants, compile 60 s
-    eval_s = IMPORT_S + 2 * 2 * 6 * 20 * forward_flops(32768) / train_rate() + 20
-    niah = IMPORT_S + 3 * 6 * sum(10 * forward_flops(n) for n in (3072, 6144, 9216, 12288, 15360, 18432, 21504, 24576, 28672, 32768)) / train_rate()
+    eval_s = LATER_CALL_S + 2 * 2 * 6 * 20 * forward_flops(32768) / eval_rate() + 20
+    niah = LATER_CALL_S + 3 * 6 * sum(10 * forward_flops(n) for n in (3072, 6144, 9216, 12288, 15360, 18432, 21504, 24576, 28672, 32768)) / eval_rate()
 
     calls = [
         {"name": "perf-1", "command": "bash benchmarks/gpu/perf-1.sh", "what": "logit_scale_overhead (EABF vs ABF step at 16K/32K/64K; "
@@ -247,15 +295,24 @@ def _ladder_call(number: int, shape: str, lora: int, variant: str, group) -> dic
     steps = group[0][1]
     return {"name": f"perf-{number}", "command": f"bash benchmarks/gpu/perf-max-length.sh {shape} {lora} {variant} {ladder} {steps}",
             "what": f"max_length {shape}{f' LoRA r={lora}' if lora else ''} {variant}: {ladder} ({steps} optimizer step(s))",
-            "seconds": IMPORT_S + sum(x[2] for x in group), "brings_back": ["max_length-h100.json", "max_length.log"],
+            "seconds": LATER_CALL_S + sum(x[2] for x in group), "brings_back": ["max_length-h100.json", "max_length.log"],
             "probes": [(shape, lora, variant, n) for n, _, _ in group]}
 
 
-def done_labels(results_dir: Path) -> set[str]:
-    labels = set()
+def measured_rows(results_dir: Path) -> dict[str, dict]:
+    """Rows measured in full: label → {"device", "slice"}. A row of a partial file (its call stopped before the end)
+    or with evaluation steps skipped at a deadline, or whose training stopped at one, is not done."""
+    done = {}
     for path in results_dir.glob("*/results.json"):
-        labels |= {r["label"] for r in json.loads(path.read_text())["runs"]}
-    return labels
+        for run in json.loads(path.read_text())["runs"]:
+            if run.get("partial") or run.get("skipped") or (run.get("training") or {}).get("stopped_at_deadline") is not None:
+                continue
+            done[run["label"]] = {"device": (run.get("environment") or {}).get("device", "?"), "slice": path.parent.name}
+    return done
+
+
+def done_labels(results_dir: Path) -> set[str]:
+    return set(measured_rows(results_dir))
 
 
 def perf_done(results_dir: Path, call: dict) -> bool:
@@ -280,29 +337,51 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--next", action="store_true", help="only the calls still to run")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--budget", type=float, default=WINDOW_S, help="device seconds of the window (default: a whole one)")
+    parser.add_argument("--estimate", nargs="+", metavar=("SLICE", "LABELS"),
+                        help="print the seconds one study call of these rows needs (no fixed cost) and exit")
     args = parser.parse_args(argv)
-    study = study_calls()
+    if args.estimate:
+        labels = [label for label in (args.estimate[1] if len(args.estimate) > 1 else "").split(",") if label]
+        seconds = estimate_call(args.estimate[0], labels)
+        print(f"{seconds:.0f}")
+        return {"seconds": seconds}
+    measured = measured_rows(ROOT / "docs" / "results" / "smollm2-64k")
+    study = study_calls(skip=set(measured) if args.next else frozenset())
     perf = perf_calls()
-    measured = done_labels(ROOT / "docs" / "results" / "smollm2-64k")
     for call in study:
         call["done"] = all(r.label in measured for r in call["rows"])
     for call in perf:
         call["done"] = perf_done(ROOT / "benchmarks" / "results", call)
-    plan = {"study": [{**c, "rows": [vars(r) for r in c["rows"]]} for c in study], "perf": perf}
+    plan = {"study": [{**c, "rows": [vars(r) for r in c["rows"]]} for c in study], "perf": perf,
+            "windows": windows(measured, args.budget)}
     if args.json:
         print(json.dumps(plan, indent=1))
         return plan
-    print(f"Estimates for one H100 from FLOPs and the anchors (training rate {train_rate() / 1e12:.0f} TFLOP/s of model FLOPs, "
-          f"{train_rate() / PEAK:.0%} of the bf16 peak). A GPU window has {WINDOW_S // 60} minutes: a start "
-          f"(~{START_S // 60} min), then calls of < 10 min, < 30 s apart.\n")
-    print("Issue 15 — the study (first call of a window: stage-1.sh, then within 30 s the first study.sh):")
+    print(f"Estimates for one H200, calibrated on measured rows (training at the target {train_rate() / 1e12:.0f} TFLOP/s of model "
+          f"FLOPs, {train_rate() / PEAK_MEASURED['h200']:.0%} of the measured matmul peak; at 8K {NATIVE_TOKENS_PER_S / 1e3:.0f}K tokens/s). "
+          f"A window: {args.budget:.0f} device s: a start (~{START_S} s), the first call's staging ({FIRST_CALL_S:.0f} s), calls of "
+          f"< 10 min < 30 s apart; study.sh ends {BUDGET_MARGIN_S} s before the budget it is given.\n")
+    print("Windows, in order:")
+    for w in plan["windows"]:
+        if args.next and w["done"]:
+            continue
+        size = "perf scripts (below)" if w["seconds"] is None else f"{w['seconds'] / 60:4.1f} min" + ("" if w["fits"] else " — does NOT fit")
+        state = f"done on {', '.join(w['devices'])}" if w["done"] else "to run"
+        names = ", ".join(label + (f" (done on {measured[label]['device']})" if label in measured else "") for label in w["labels"])
+        print(f"  {w['name']} {w['question']}: {names or 'perf-1, perf-2'}; {size}; {state}"
+              + (f"; drop first: {', '.join(w['drop_first'])}" if w["drop_first"] else ""))
+    print("\nThe study, call by call (first call of a window: stage-1.sh, then within 30 s the first study.sh; B = the device "
+          "seconds left, as the status says):")
     for i, call in enumerate(study, 1):
         if args.next and call["done"]:
             continue
         rows = ", ".join(f"{r.label} (train {r.train_s:.0f} s, eval {r.eval_s:.0f} s)" for r in call["rows"])
+        where = sorted({measured[r.label]["device"] for r in call["rows"] if r.label in measured})
         then = "  ← within 30 s of the previous call (same warm machine: the checkpoint is there)" if call["must_follow_within_30_s"] else ""
-        print(f"  S{i:<2} {call['seconds'] / 60:4.1f} min  {'done' if call['done'] else 'to run'}  {call['command']}{then}\n        {rows}")
-    print("\nIssue 14 — performance (no model staging; carry .whl and .carry/smollm2-tokenizer):")
+        state = ("done on " + ", ".join(where)) if call["done"] else "to run"
+        print(f"  S{i:<2} {call['seconds'] / 60:4.1f} min  {state}  {call['command']}{then}\n        {rows}")
+    print("\nPerformance (no model staging; carry .whl and .carry/smollm2-tokenizer):")
     for call in perf:
         if args.next and call["done"]:
             continue

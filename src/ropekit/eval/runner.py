@@ -170,8 +170,10 @@ def evaluate(runs: list[RunSpec], tasks: dict[str, dict], lengths: list[int], ou
                 if stop_at is not None:
                     guess = _estimate(timings.get(name, []), step)
                     if guess is not None and time.time() + guess > stop_at:
-                        results["skipped"] += [{"label": spec.name(), "task": name, "length": n, "estimate_s": round(guess, 1),
-                                                "reason": "would end after the deadline"} for n in step]
+                        skipped = [{"label": spec.name(), "task": name, "length": n, "estimate_s": round(guess, 1),
+                                    "reason": "would end after the deadline"} for n in step]
+                        results["skipped"] += skipped
+                        entry.setdefault("skipped", []).extend(skipped)  # the run says it is incomplete, also once merged
                         bar.update(len(step))
                         continue
                 bar.set_postfix_str(f"{spec.name()} {name} {','.join(format_length(n) for n in step)}")
