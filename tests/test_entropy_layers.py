@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import ropekit
-import ropekit.entropy
-from ropekit.entropy import RISING, UNIFORM_LIKE, unscaled_layers
+import ropekit.methods.entropy_probe
+from ropekit.methods.entropy_probe import RISING, UNIFORM_LIKE, unscaled_layers
 from ropekit.testing import NATIVE, tiny_model, tiny_tokenizer
 
 
@@ -50,7 +50,7 @@ def test_entropy_layers_known_by_construction(text, cache_home, method):
         assert choice["level"][layer] < 0.2 and abs(choice["slope"][layer]) < 0.2
     assert [w["tokens"] for w in choice["profile"]["windows"]] == [16, 32, 64]  # ¼, ½ and 1× the native window
     # the probe ran on the unextended model: the same choice as probing the plain copy directly
-    assert ropekit.entropy.choose_unscaled_layers(plain, tok, NATIVE, text)["unscaled"] == [0, 2]
+    assert ropekit.methods.entropy_probe.choose_unscaled_layers(plain, tok, NATIVE, text)["unscaled"] == [0, 2]
 
 
 def test_entropy_choice_is_cached_and_saved_with_the_checkpoint(text, cache_home, tmp_path, monkeypatch):
@@ -61,7 +61,7 @@ def test_entropy_choice_is_cached_and_saved_with_the_checkpoint(text, cache_home
     def no_probe(*args, **kwargs):
         raise AssertionError("the probe ran again")
 
-    monkeypatch.setattr(ropekit.entropy, "layer_profile", no_probe)
+    monkeypatch.setattr(ropekit.methods.entropy_probe, "layer_profile", no_probe)
     again = ropekit.extend(copy.deepcopy(model), "logscale", target_length=4 * NATIVE, layers="entropy", probe_text=text, tokenizer=tok)
     assert again.config.ropekit["attention"] == first.config.ropekit["attention"]
     ropekit.save_model(first, tok, tmp_path / "ckpt")

@@ -8,7 +8,7 @@ import torch
 
 import ropekit
 from ropekit.eval import TASKS
-from ropekit.entropy import document_entropy, probe_rows, row_entropy
+from ropekit.methods.entropy_probe import document_entropy, probe_rows, row_entropy
 from ropekit.eval.niah import niah_cells, run_niah
 from ropekit.eval.retrieval import kv_sample, lines_sample, run_kv, run_lines
 from ropekit.eval.runner import RunSpec, evaluate

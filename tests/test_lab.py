@@ -267,7 +267,7 @@ def test_longrecipe_and_longlora_rows_train_with_their_own_positions_and_attenti
     spanning the 4× target (lab rows all hold sentence ends), `longlora-pi` trains at 4× with S²-Attn open."""
     monkeypatch.setenv("ROPEKIT_CACHE", str(tmp_path / "cache"))
     import ropekit.training
-    from ropekit import longlora
+    from ropekit.methods import s2_attention as longlora
 
     s2_calls, spans = [], []
     original_call, original_sample = longlora.S2Training.__call__, ropekit.training.sample

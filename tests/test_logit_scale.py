@@ -52,7 +52,7 @@ def reference_for(extended, base):
 
 
 def test_scale_values_match_the_paper():
-    t = ropekit.attention.logit_scale(torch.tensor([0, 4095, 8191, 16383, 32767]), 4096)
+    t = ropekit.methods.runtime.logit_scale(torch.tensor([0, 4095, 8191, 16383, 32767]), 4096)
     assert t.tolist() == pytest.approx([1.0, 1.0, 1.0833333, 1.1666667, 1.25], rel=1e-6)
     assert t.dtype == torch.float32
 

@@ -12,7 +12,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 import ropekit
 from ropekit.eval.scoring import cache_keyword
-from ropekit.longlora import (S2Training, check_model, check_options, group_borders, group_size_for, s2_borders,
+from ropekit.methods.s2_attention import (S2Training, check_model, check_options, group_borders, group_size_for, s2_borders,
                               s2_training, segments_from_mask)
 from ropekit.testing import NATIVE, random_ids, tiny_model
 
@@ -161,7 +161,7 @@ def test_bad_training_options(ratio, min_length, match):
 
 
 def test_flash_requested_without_flash_attn_falls_back_with_one_line(caplog, monkeypatch):
-    from ropekit import longlora
+    from ropekit.methods import s2_attention as longlora
 
     monkeypatch.setattr(longlora, "_flash_varlen", lambda: None)  # as on a machine without flash-attn
     monkeypatch.setattr(longlora, "_FALLBACK_SAID", set())
@@ -194,7 +194,7 @@ def fake_flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_
 @pytest.mark.parametrize("heads,kv_heads,lengths", [(8, 2, None), (9, 3, [60, 37])])
 def test_flash_path_builds_the_right_sequences(monkeypatch, heads, kv_heads, lengths):
     """The varlen path's cu_seqlens and padding handling, checked on CPU with a stand-in for flash_attn_varlen_func."""
-    from ropekit import longlora
+    from ropekit.methods import s2_attention as longlora
 
     monkeypatch.setattr(longlora, "_flash_varlen", lambda: fake_flash_varlen)
     monkeypatch.setattr(longlora, "_choose_kernel", lambda kernel, query: "flash")
@@ -344,7 +344,7 @@ def test_segments_from_transformers_masks():
 def test_segments_for_flash_backends():
     """Flash-attention backends get a 2-D padding mask or none; packed rows are read from the position ids as
     transformers' varlen path reads them (a new sequence wherever the position is the row's minimum)."""
-    from ropekit.longlora import segments_from_padding, segments_from_positions
+    from ropekit.methods.s2_attention import segments_from_padding, segments_from_positions
 
     assert segments_from_padding(torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]])) == [[(0, 3)], [(1, 4)]]
     packed = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]])

@@ -9,13 +9,16 @@ Public API::
     ropekit.s2_attention(q, k, v, group_size)                   # LongLoRA's shifted sparse attention (training)
 """
 
-__version__ = "0.1.0"
+from . import _moved
+from .version import __version__
+
+_moved.install()  # old module paths (ropekit.train, ropekit.attention, …) keep working
 
 from . import methods as _methods  # noqa: E402,F401  (registers every method)
 from .errors import RopekitError  # noqa: E402
 from .extension import describe, extend, restore  # noqa: E402
 from .lengths import parse_length  # noqa: E402
-from .longlora import s2_attention  # noqa: E402
+from .methods.s2_attention import s2_attention  # noqa: E402
 from .models import load_model, save_model  # noqa: E402
 from .positions import position_ids  # noqa: E402
 from .registry import describe_methods as list_methods  # noqa: E402

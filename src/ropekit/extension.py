@@ -3,7 +3,7 @@
 Data flow: read the model's RoPE facts → build a :class:`~ropekit.registry.Plan` from the method(s) → write the new
 ``rope_parameters`` / ``max_position_embeddings`` into the config and rebuild the rotary-embedding modules (so
 transformers' own ``ROPE_INIT_FUNCTIONS`` compute the frequencies) → record everything in ``config.ropekit`` →
-route attention through :mod:`ropekit.attention` when the plan has an attention side.
+route attention through :mod:`ropekit.methods.runtime` when the plan has an attention side.
 
 The record in ``config.ropekit`` is plain JSON, saved by ``save_pretrained``. ``ropekit.load_model`` restores the
 attention side from it; plain ``AutoModelForCausalLM.from_pretrained`` ignores it and still gets the frequencies.
@@ -15,8 +15,9 @@ import copy
 
 import torch
 
-from . import __version__, attention
-from .entropy import choose_unscaled_layers
+from .methods import runtime
+from .version import __version__
+from .methods.entropy_probe import choose_unscaled_layers
 from .errors import RopekitError
 from .lengths import parse_length
 from .registry import Context, Plan, split_methods
@@ -247,13 +248,13 @@ def extend(model, method: str | list[str], target_length: int | str | None = Non
         rebuild_rotary(model)
         stateless_dynamic_rope(model)
     if plan.attention:
-        attention.install(model)
+        runtime.install(model)
     return model
 
 
 def _probe_unscaled_layers(model, tokenizer, native: int, source: str) -> dict:
     """``layers=entropy``: measure the still-unextended model's attention entropy inside its window
-    (:func:`ropekit.entropy.choose_unscaled_layers`, cached per model)."""
+    (:func:`ropekit.methods.entropy_probe.choose_unscaled_layers`, cached per model)."""
     if tokenizer is None:
         from transformers import AutoTokenizer
 
@@ -276,7 +277,7 @@ def restore(model):
     if record.get("format", 0) > RECORD_FORMAT:
         raise RopekitError(f"this checkpoint was written by a newer ropekit ({record.get('ropekit_version')})", "upgrade ropekit")
     if record.get("attention"):
-        attention.install(model)
+        runtime.install(model)
     stateless_dynamic_rope(model)
     return model
 
@@ -297,7 +298,7 @@ def describe(model) -> dict:
         "rotary_dim": rotary_dim(config, rope),
         "num_layers": config.num_hidden_layers,
         "sliding_layers": sorted(sliding_layers(config)),
-        "attention_backend": attention.backend_of(config),
+        "attention_backend": runtime.backend_of(config),
         "ropekit_attention": sorted((record or {}).get("attention") or {}),  # attention-side methods running in the wrapper
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),

@@ -617,7 +617,7 @@ DATA_VERSION = 3  # bump when the generators change what a training row holds: c
 def pretrained_dir(budget: Budget, shape: Shape, seed: int) -> Path:
     """Where the pre-trained model of (budget, shape, seed) is cached: ``$ROPEKIT_CACHE/lab/<budget>-seed<k>-<hash>``.
     The hash covers everything that changes the weights, so a changed recipe never reuses a stale model."""
-    from . import __version__
+    from .version import __version__
     from .embedded import cache_dir
 
     recipe = {"shape": asdict(shape), "schedule": asdict(budget.pretrain), "vocabulary": VOCABULARY, "seed": seed,

@@ -2,7 +2,7 @@
 
 A method is pure data plus one function ``build(ctx, params) -> Plan`` that says what to change: new RoPE
 parameters (the frequency side, computed later by transformers' own ``ROPE_INIT_FUNCTIONS``) and/or an attention
-plan (the attention side, applied by :mod:`ropekit.attention`). Nothing here touches a model; :func:`ropekit.extend`
+plan (the attention side, applied by :mod:`ropekit.methods.runtime`). Nothing here touches a model; :func:`ropekit.extend`
 does, in one place.
 
 Methods compose with ``+``: ``"yarn+logscale"`` is YaRN frequencies with the entropy-aware logit scale. At most one
@@ -143,7 +143,7 @@ class Context:
     target_length: int | None  # the requested window (None when the method does not need one)
     num_layers: int
     sliding_layers: frozenset[int]  # layers that only ever see a local window
-    # layers=entropy: probe the unextended model on a text source → :func:`ropekit.entropy.choose_unscaled_layers`'s dict
+    # layers=entropy: probe the unextended model on a text source → :func:`ropekit.methods.entropy_probe.choose_unscaled_layers`'s dict
     probe: Callable[[str], dict] | None = None
 
     @property

@@ -181,7 +181,7 @@ def resolve_recipe_options(options: TrainOptions, recipe) -> TrainOptions:
     """Fill the LoRA and attention options the user left open from the recipe; check the S²-Attn settings.
 
     With ``--attention s2`` and LoRA, embeddings and norms are trained too (LongLoRA's "LoRA+")."""
-    from .longlora import check_options
+    from .methods.s2_attention import check_options
 
     options = replace(options,
                       lora_r=recipe.lora_r if options.lora_r is None else options.lora_r,
@@ -258,7 +258,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     context_parallel = launch.context_parallel
     s2 = None
     if options.attention == "s2":
-        from .longlora import check_model
+        from .methods.s2_attention import check_model
 
         check_model(model)
         s2 = {"group_ratio": options.group_ratio, "kernel": options.s2_kernel,

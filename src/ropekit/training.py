@@ -215,7 +215,7 @@ def collate(rows: list[dict]) -> dict:
 
 class RopekitTrainer(Trainer):
     """The transformers Trainer, with saved activations optionally kept in CPU memory during each forward, and
-    LongLoRA's S²-Attn (``s2``: :class:`~ropekit.longlora.S2Training` settings) open during each training step."""
+    LongLoRA's S²-Attn (``s2``: :class:`~ropekit.methods.s2_attention.S2Training` settings) open during each training step."""
 
     def __init__(self, *args, offload_activations: bool = False, s2: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -226,7 +226,7 @@ class RopekitTrainer(Trainer):
         # forward and backward: gradient checkpointing re-runs the forward inside the backward
         if not self.s2:
             return super().training_step(model, inputs, num_items_in_batch)
-        from .longlora import s2_training
+        from .methods.s2_attention import s2_training
 
         with s2_training(model, **self.s2):
             return super().training_step(model, inputs, num_items_in_batch)

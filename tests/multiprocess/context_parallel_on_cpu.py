@@ -37,7 +37,7 @@ from torch.distributed.tensor.experimental._attention import _HeadTailLoadBalanc
 from transformers import Trainer
 
 import ropekit
-from ropekit.attention import observe
+from ropekit.methods.runtime import observe
 from ropekit.data import IGNORE, Example
 from ropekit.testing import random_ids, tiny_model
 from ropekit.training import TrainingSet, collate, collate_padded

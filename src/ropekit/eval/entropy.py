@@ -1,7 +1,7 @@
 """Attention-entropy probe as an evaluation task (Zhang et al. 2024, arXiv 2401.07004, §3 and Fig. 1).
 
 For each layer, head and probed query position i: H_i = −Σ_j p_ij ln p_ij in nats over the keys query i may see,
-computed from the attention the model actually uses (:mod:`ropekit.entropy`: post-RoPE, after the logit scale,
+computed from the attention the model actually uses (:mod:`ropekit.methods.entropy_probe`: post-RoPE, after the logit scale,
 softcap and masks, only the probed rows, never the full matrix). The reference is the uniform distribution,
 ln(n_i) with n_i = the number of visible keys. Averaged over documents of natural text, curves are reported per
 layer (mean over heads) and per head at late positions.
@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..corpus import text_tokens
-from ..entropy import UNIFORM_LIKE, document_entropy, probe_rows
+from ..methods.entropy_probe import UNIFORM_LIKE, document_entropy, probe_rows
 from ..extension import reset_rope_state
 from .perplexity import window_offsets
 from .tasks import Task, register

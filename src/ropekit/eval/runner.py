@@ -86,7 +86,7 @@ def environment(device: str = "auto") -> dict:
     import torch
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
     from ..machine import machine
 
     target = pick_device(device)

@@ -16,7 +16,7 @@ tree). The classes are the stock transformers classes with a new ``model_type``;
 
 Run time, through transformers' public ``AttentionInterface``: a pass-through wrapper is registered under each
 attention backend's own name; it reads the plan stored in ``config.ropekit["attention"]``, exactly as ropekit's own
-``ropekit.attention`` does, and models without a plan run unchanged. If ropekit is (or later gets) imported in the
+``ropekit.methods.runtime`` does, and models without a plan run unchanged. If ropekit is (or later gets) imported in the
 same process, ropekit's wrapper is the one that runs (the markers ``_ropekit_wrapped`` / ``_ropekit_bundled`` make
 sure exactly one wrapper applies a plan, so nothing is applied twice).
 
@@ -70,7 +70,7 @@ class RopekitCodeError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The math (the same as ropekit.attention; ropekit's tests compare the two numerically)
+# The math (the same as ropekit.methods.runtime; ropekit's tests compare the two numerically)
 
 
 def logit_scale(position_ids, scale_length):

@@ -1,7 +1,7 @@
 """Attention-side methods: the entropy-aware logit scale, Entropy-Aware ABF, and Self-Extend.
 
 These only build a plan (plain, JSON-serialisable data stored in ``config.ropekit``); the computation lives in
-:mod:`ropekit.attention`, which runs inside transformers' ``AttentionInterface``.
+:mod:`ropekit.methods.runtime`, which runs inside transformers' ``AttentionInterface``.
 """
 
 from __future__ import annotations

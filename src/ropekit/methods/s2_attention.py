@@ -25,10 +25,9 @@ gathered into contiguous 4-D ``[groups, heads, G, head_dim]`` tensors, one SDPA 
 ``flash_attn_varlen_func`` call per half of the heads, with the groups as ``cu_seqlens``.
 
 Training integration: :class:`S2Training` is a context that ``ropekit train --attention s2`` opens around each
-training step (forward and backward: gradient checkpointing re-runs the forward inside the backward). While it is
-open, ropekit's attention wrapper (:mod:`ropekit.attention`) hands the model's attention layers to it, after the
-entropy-aware query scaling, so S²-Attn composes with every RoPE method and the logit scale. Nothing is written
-into the model's config: evaluation, generation and the saved checkpoint use the model's ordinary attention.
+training step (forward and backward). While it is open, the attention runtime (:mod:`ropekit.methods.runtime`) hands
+the model's attention layers to it after the logit scale, so S²-Attn composes with every method; the saved model uses
+ordinary attention. It sits with the methods, not the training package, because the runtime calls it (imports point down).
 """
 
 from __future__ import annotations
@@ -44,15 +43,13 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from .errors import RopekitError
+from ..errors import RopekitError
 
 log = logging.getLogger("ropekit")
 
 KERNELS = ("auto", "sdpa", "flash")
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Group borders (pure functions)
-
+# Group borders (pure functions) ------------------------------------------------------------------------------------
 
 def group_borders(length: int, group_size: int, shift: int = 0) -> list[int]:
     """Borders of causal groups over ``length`` tokens: ``[0, G, 2G, …, length]`` for ``shift`` 0, else
@@ -85,8 +82,7 @@ def head_split(heads: int) -> int:
     return heads // 2
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# The attention over groups
+# The attention over groups ----------------------------------------------------------------------------------------
 
 
 @functools.cache
@@ -282,8 +278,7 @@ def s2_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, gr
     return attend_groups(query, key, value, spans, scale, dropout, kernel).transpose(1, 2)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Training integration
+# Training integration ---------------------------------------------------------------------------------------------
 
 
 def _runs(keys: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -480,7 +475,7 @@ def check_options(group_ratio: float, min_length: int, kernel: str = "auto") -> 
 
 def check_model(model) -> None:
     """One-line refusals for models S²-Attn cannot train, before the first step (context parallelism is refused
-    with the other launch checks, in :func:`ropekit.parallel.check_context_parallel`)."""
+    with the other launch checks, in :func:`ropekit.training.parallel.check_context_parallel`)."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     if getattr(config, "attn_logit_softcapping", None):
         raise RopekitError(f"S²-Attn does not support attention logit soft-capping ({config.model_type}: "

@@ -31,9 +31,9 @@ import math
 
 import torch
 
-from .attention import observe, visible_keys
-from .corpus import text_tokens
-from .embedded import cache_dir
+from .runtime import observe, visible_keys
+from ..corpus import text_tokens
+from ..embedded import cache_dir
 
 UNIFORM_LIKE = 0.6  # late-position entropy as a fraction of uniform above which a layer is "near uniform"
 RISING = 0.5  # slope of entropy against ln(n) across window sizes above which a layer's entropy "rises with length"

@@ -33,8 +33,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .errors import RopekitError
-from .longlora import training_attention
+from ..errors import RopekitError
+from .s2_attention import training_attention
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The math
