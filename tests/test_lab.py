@@ -10,7 +10,7 @@ import torch
 
 import ropekit
 from ropekit import lab
-from ropekit.positions import STRATEGIES
+from ropekit.training.positions import STRATEGIES
 from ropekit.registry import get_method
 from ropekit.testing import tiny_model, tiny_tokenizer
 
@@ -162,16 +162,16 @@ def test_tiny_lab_end_to_end_resumes(tmp_path, monkeypatch, small_texts):
     """The pipeline on a tiny budget: pre-training (cached), three arms and one row added by one line (its options
     reach the trainer), evaluation, report, claims; a second run retrains and re-evaluates nothing."""
     monkeypatch.setenv("ROPEKIT_CACHE", str(tmp_path / "cache"))
-    import ropekit.training
+    import ropekit.training.trainer
 
     seen = []
 
-    class RecordingTrainer(ropekit.training.RopekitTrainer):
+    class RecordingTrainer(ropekit.training.trainer.RopekitTrainer):
         def __init__(self, *args, marker=None, **kwargs):
             seen.append(marker)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(ropekit.training, "RopekitTrainer", RecordingTrainer)
+    monkeypatch.setattr(ropekit.training.trainer, "RopekitTrainer", RecordingTrainer)
     monkeypatch.setattr(lab, "ROWS", (*lab.ROWS, lab.Row("pose-added", "linear", "native", strategy="pose", trainer={"marker": {"added"}})))
     text = tmp_path / "text.txt"
     text.write_text(EVAL_TEXT * 4)
@@ -266,11 +266,11 @@ def test_longrecipe_and_longlora_rows_train_with_their_own_positions_and_attenti
     """The two rows issues 17 and 18 add to the lab table: `longrecipe-pi` trains on sentence-gapped position ids
     spanning the 4× target (lab rows all hold sentence ends), `longlora-pi` trains at 4× with S²-Attn open."""
     monkeypatch.setenv("ROPEKIT_CACHE", str(tmp_path / "cache"))
-    import ropekit.training
+    import ropekit.training.trainer
     from ropekit.methods import s2_attention as longlora
 
     s2_calls, spans = [], []
-    original_call, original_sample = longlora.S2Training.__call__, ropekit.training.sample
+    original_call, original_sample = longlora.S2Training.__call__, ropekit.training.trainer.sample
 
     def counting_call(self, *args, **kwargs):
         s2_calls.append(self.group_ratio)
@@ -283,7 +283,7 @@ def test_longrecipe_and_longlora_rows_train_with_their_own_positions_and_attenti
         return ids, pos
 
     monkeypatch.setattr(longlora.S2Training, "__call__", counting_call)
-    monkeypatch.setattr(ropekit.training, "sample", recording_sample)
+    monkeypatch.setattr(ropekit.training.trainer, "sample", recording_sample)
     text = tmp_path / "text.txt"
     text.write_text(EVAL_TEXT * 4)
     quick = lab.BUDGETS["quick"]

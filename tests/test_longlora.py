@@ -430,12 +430,12 @@ def workspace(tmp_path_factory):
 
 
 def train_options(workspace, out, **kw):
-    from ropekit.train import TrainOptions
+    from ropekit.training.api import TrainOptions
 
     base = dict(model=str(workspace / "model"), target_length=256, output=str(out), recipe="longlora", data=str(workspace / "doc.txt"),
                 device="cpu", progress=False, learning_rate=3e-3, batch_size=2, micro_batch_size=2, max_steps=3, warmup_steps=0,
                 save_steps=100, s2_min_length=0)
-    return ropekit.train.TrainOptions(**{**base, **kw})
+    return ropekit.training.api.TrainOptions(**{**base, **kw})
 
 
 PLAIN_LOGITS = """
@@ -471,10 +471,10 @@ def plain_logits(tmp_path, checkpoint, *mode):
 def test_s2_training_leaves_no_trace_and_plain_transformers_loads_it(workspace, tmp_path):
     import json
 
-    import ropekit.train
+    import ropekit.training.api
 
-    summary = ropekit.train.train(train_options(workspace, tmp_path / "s2"))
-    full = ropekit.train.train(train_options(workspace, tmp_path / "full", attention="full"))
+    summary = ropekit.training.api.train(train_options(workspace, tmp_path / "s2"))
+    full = ropekit.training.api.train(train_options(workspace, tmp_path / "full", attention="full"))
     assert summary["attention"] == {"training": "s2", "group_ratio": 0.25, "kernel": "auto", "min_length": 0, "lora_plus": True}
     assert full["attention"]["training"] == "full" and full["attention"]["lora_plus"] is False
     s2_losses = [json.loads(line)["loss"] for line in open(tmp_path / "s2" / "training_log.jsonl")]
@@ -502,10 +502,10 @@ def test_s2_trained_attention_side_checkpoint_bundles_full_attention_only(worksp
     gives the logits of ropekit's own runtime: ordinary full attention with the entropy scale."""
     import json
 
-    import ropekit.train
+    import ropekit.training.api
 
-    ropekit.train.train(train_options(workspace, tmp_path / "s2", method="eabf", max_steps=2))
-    ropekit.train.train(train_options(workspace, tmp_path / "full", method="eabf", max_steps=2, attention="full"))
+    ropekit.training.api.train(train_options(workspace, tmp_path / "s2", method="eabf", max_steps=2))
+    ropekit.training.api.train(train_options(workspace, tmp_path / "full", method="eabf", max_steps=2, attention="full"))
     config = json.loads((tmp_path / "s2" / "config.json").read_text())
     assert config["model_type"] == "ropekit_llama" and (tmp_path / "s2" / "modeling_ropekit.py").exists()
     assert config["ropekit"] == json.loads((tmp_path / "full" / "config.json").read_text())["ropekit"]
@@ -525,9 +525,9 @@ def test_s2_trained_attention_side_checkpoint_bundles_full_attention_only(worksp
 
 
 def test_lora_plus_unties_tied_embeddings_and_reloads_equal(workspace, tmp_path):
-    import ropekit.train
+    import ropekit.training.api
 
-    ropekit.train.train(train_options(workspace, tmp_path / "tied", model=str(workspace / "tied"), max_steps=2))
+    ropekit.training.api.train(train_options(workspace, tmp_path / "tied", model=str(workspace / "tied"), max_steps=2))
     base, _ = ropekit.load_model(workspace / "tied", device="cpu")
     assert base.config.tie_word_embeddings
     trained, _ = ropekit.load_model(tmp_path / "tied", device="cpu")

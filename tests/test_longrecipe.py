@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import ropekit
-from ropekit.data import Example
-from ropekit.longrecipe import longrecipe_theta
-from ropekit.positions import longrecipe_positions, position_ids, sample, sentence_end_ids
-from ropekit.selection import (digit_keep, logit_change, rank_token_types, select, split_sentences, token_class)
+from ropekit.training.data import Example
+from ropekit.training.longrecipe import longrecipe_theta
+from ropekit.training.positions import longrecipe_positions, position_ids, sample, sentence_end_ids
+from ropekit.training.selection import (digit_keep, logit_change, rank_token_types, select, split_sentences, token_class)
 from ropekit.testing import tiny_model, tiny_tokenizer
-from ropekit.training import TrainingSet
+from ropekit.training.trainer import TrainingSet
 
 DRAWS = 10_000
 END = 7  # the sentence-end token of the synthetic documents below
@@ -252,7 +252,7 @@ def test_digit_rule_keeps_every_digit_sentence_and_a_binomial_share_of_the_rest(
 
 
 def test_select_fills_rows_to_the_budget(tmp_path):
-    from ropekit.data import load_data
+    from ropekit.training.data import load_data
 
     tokenizer = tiny_tokenizer()
     text, _ = digit_document(2000)
@@ -276,7 +276,7 @@ def test_select_refuses_bad_arguments(tmp_path):
         select("shakespeare", tokenizer, 100, p=1.5)
     with pytest.raises(ropekit.RopekitError, match="unknown selection rule"):
         select("shakespeare", tokenizer, 100, rule="verbs")
-    from ropekit.selection import select_command
+    from ropekit.training.selection import select_command
 
     with pytest.raises(ropekit.RopekitError, match="row budget 40000 is longer than the target 32768"):
         select_command(tmp_path / "x.jsonl", train_length="40000", target_length="32k")
@@ -350,7 +350,7 @@ def workspace(tmp_path_factory):
 
 
 def recipe_options(workspace, out, **kw):
-    from ropekit.train import TrainOptions
+    from ropekit.training.api import TrainOptions
 
     base = dict(model=str(workspace / "model"), target_length=512, output=str(out), recipe="longrecipe", data=str(workspace / "doc.jsonl"),
                 replay_data=str(workspace / "chat.jsonl"), device="cpu", progress=False, learning_rate=2e-3, batch_size=2, max_steps=2,
@@ -361,7 +361,7 @@ def recipe_options(workspace, out, **kw):
 def test_recipe_runs_three_stages_and_merges(workspace, tmp_path):
     from safetensors.torch import load_file
 
-    from ropekit.train import train
+    from ropekit.training.api import train
 
     out = tmp_path / "lr"
     summary = train(recipe_options(workspace, out))
@@ -389,7 +389,7 @@ def test_recipe_runs_three_stages_and_merges(workspace, tmp_path):
 def test_recipe_resumes_the_interrupted_stage(workspace, tmp_path):
     from transformers import TrainerCallback
 
-    from ropekit.train import train
+    from ropekit.training.api import train
 
     class StopInReplay(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -419,14 +419,14 @@ def test_recipe_resumes_the_interrupted_stage(workspace, tmp_path):
     ({"resume": True}, "holds no LongRecipe stage"),
 ])
 def test_recipe_bad_inputs(workspace, tmp_path, change, expected):
-    from ropekit.train import train
+    from ropekit.training.api import train
 
     with pytest.raises(ropekit.RopekitError, match=expected):
         train(recipe_options(workspace, tmp_path / "out", **change))
 
 
 def test_recipe_resume_with_a_missing_stage_checkpoint(workspace, tmp_path):
-    from ropekit.train import train
+    from ropekit.training.api import train
 
     stage0 = tmp_path / "out" / "stage0"
     stage0.mkdir(parents=True)
@@ -436,7 +436,7 @@ def test_recipe_resume_with_a_missing_stage_checkpoint(workspace, tmp_path):
 
 
 def test_train_stops_on_a_bad_row_before_any_step(workspace, tmp_path):
-    from ropekit.train import TrainOptions, train
+    from ropekit.training.api import TrainOptions, train
 
     text, _ = digit_document(100)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": text}) + "\n" + json.dumps({"text": "x" * 400}) + "\n")
@@ -499,7 +499,7 @@ def test_study_rows_match_the_pose_budget(preset):
 def test_logit_change_selection_on_smollm2(tmp_path):
     """The paper's analysis on the embedded model on CPU: SmolLM2 against its YaRN ×4 extension, digit-rich synthetic
     conversations, 512-token windows; rows, class report and chart come out, every row holds the budget."""
-    from ropekit.data import load_data
+    from ropekit.training.data import load_data
 
     original, tokenizer = ropekit.load_model("smollm2-135m", device="cpu", dtype="float32")
     extended, _ = ropekit.load_model("smollm2-135m", device="cpu", dtype="float32")

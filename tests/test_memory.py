@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from ropekit.data import IGNORE
-from ropekit.memory import ActivationOffload, chunked_causal_lm_loss, make_chunked_loss, tile_mlp, training_flops_per_token, untile_mlp
+from ropekit.training.data import IGNORE
+from ropekit.training.memory import ActivationOffload, chunked_causal_lm_loss, make_chunked_loss, tile_mlp, training_flops_per_token, untile_mlp
 from ropekit.testing import random_ids, tiny_model
 
 

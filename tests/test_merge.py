@@ -12,8 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import ropekit
-from ropekit import merge as merge_module
-from ropekit.merge import merge
+from ropekit.training import merge as merge_module
+from ropekit.training.merge import merge
 from ropekit.testing import save_tiny_checkpoint, tiny_model, tiny_tokenizer
 
 
@@ -144,7 +144,7 @@ def test_cli_merge(pair, tmp_path):
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch
-    from ropekit.merge import merge
+    from ropekit.training.merge import merge
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     merge(sys.argv[1], sys.argv[2], sys.argv[3], weight=0.5, progress=False)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

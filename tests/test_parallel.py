@@ -16,9 +16,9 @@ import torch
 
 import ropekit
 from ropekit.errors import RopekitError
-from ropekit.parallel import Launch, check_launch, fallback_note, read_launch
+from ropekit.training.parallel import Launch, check_launch, fallback_note, read_launch
 from ropekit.testing import random_ids, save_tiny_checkpoint, tiny_model, tiny_tokenizer
-from ropekit.train import TrainOptions, train
+from ropekit.training.api import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "accelerate"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ropekit
-from ropekit.positions import cream_blocks, cream_scale, position_ids, sample, sample_generator
+from ropekit.training.positions import cream_blocks, cream_scale, position_ids, sample, sample_generator
 
 DRAWS = 10_000
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ropekit.report import DPI, heatmap, heatmap_figure
+from ropekit.plotting import DPI
+from ropekit.report import heatmap, heatmap_figure
 
 
 def _inside(inner, outer, slack=0.5) -> bool:

@@ -12,7 +12,7 @@ import torch
 
 import ropekit
 from ropekit.testing import save_tiny_checkpoint, tiny_tokenizer
-from ropekit.train import TrainOptions, train
+from ropekit.training.api import TrainOptions, train
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_output_directory_is_never_overwritten_unasked(workspace, tmp_path):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from transformers import TrainerCallback
-    from ropekit.train import TrainOptions, train
+    from ropekit.training.api import TrainOptions, train
 
     class KillAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -133,7 +133,7 @@ def test_memory_options_do_not_change_the_losses(workspace, tmp_path):
 def test_a_deadline_stops_before_a_step_that_would_cross_it():
     from types import SimpleNamespace
 
-    from ropekit.training import StopAt
+    from ropekit.training.trainer import StopAt
 
     now = [100.0]
     stop = StopAt(112.0, clock=lambda: now[0])

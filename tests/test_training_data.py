@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import ropekit
-from ropekit.data import IGNORE, Example, load_data, pack, split_conversations, tokenize_conversation
+from ropekit.training.data import IGNORE, Example, load_data, pack, split_conversations, tokenize_conversation
 from ropekit.testing import random_ids, tiny_model, tiny_tokenizer
-from ropekit.training import TrainingSet, collate
+from ropekit.training.trainer import TrainingSet, collate
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -168,7 +168,7 @@ def test_conversations_need_a_chat_template(tmp_path):
 
 
 def test_context_parallel_collate_pads_to_a_multiple_and_keeps_positions():
-    from ropekit.training import collate_padded
+    from ropekit.training.trainer import collate_padded
 
     rows = [{"input_ids": torch.arange(3, 13), "labels": torch.arange(3, 13), "position_ids": torch.tensor([0, 1, 2, 50, 51, 52, 53, 54, 98, 99]), "jumps": True},
             {"input_ids": torch.arange(3, 9), "labels": torch.arange(3, 9), "position_ids": torch.arange(6), "jumps": False}]
@@ -197,7 +197,7 @@ def test_parquet_and_saved_dataset_sources(tmp_path):
 
 
 def test_synthetic_conversations_are_deterministic_and_answerable(tmp_path):
-    from ropekit.synthetic import synthetic_conversations
+    from ropekit.training.synthetic import synthetic_conversations
 
     tokenizer = tiny_tokenizer()
     source = tmp_path / "filler.txt"
@@ -217,10 +217,10 @@ def test_synthetic_conversations_are_deterministic_and_answerable(tmp_path):
 def test_mix_recipe_gives_half_conversations_half_text_with_loss_on_every_token(tmp_path, monkeypatch):
     """eabf-mix: half the samples are retrieval conversations (loss on the answers only), half plain-text windows at the
     training length (loss on every token), both saved next to the run."""
-    import ropekit.synthetic as synthetic
-    from ropekit.data import IGNORE
-    from ropekit.train import TrainOptions, prepare_rows
-    from ropekit.training import get_recipe
+    import ropekit.training.synthetic as synthetic
+    from ropekit.training.data import IGNORE
+    from ropekit.training.stage import TrainOptions, prepare_rows
+    from ropekit.training.recipes import get_recipe
 
     tokenizer = tiny_tokenizer()
     filler = tokenizer("\n".join(f"Line {i} of some public-domain filler text." for i in range(800)), add_special_tokens=False)["input_ids"]

@@ -20,7 +20,7 @@ from .extension import describe, extend, restore  # noqa: E402
 from .lengths import parse_length  # noqa: E402
 from .methods.s2_attention import s2_attention  # noqa: E402
 from .models import load_model, save_model  # noqa: E402
-from .positions import position_ids  # noqa: E402
+from .training.positions import position_ids  # noqa: E402
 from .registry import describe_methods as list_methods  # noqa: E402
 
 __all__ = ["RopekitError", "describe", "extend", "list_methods", "load_model", "parse_length", "position_ids", "restore", "s2_attention", "save_model", "__version__"]

@@ -14,6 +14,9 @@ import importlib.util
 import sys
 
 MOVED = {
+    "ropekit.train": "ropekit.training.api",
+    **{f"ropekit.{name}": f"ropekit.training.{name}"
+       for name in ("data", "positions", "synthetic", "selection", "merge", "memory", "parallel", "longrecipe")},
     "ropekit.attention": "ropekit.methods.runtime",
     "ropekit.entropy": "ropekit.methods.entropy_probe",
     "ropekit.longlora": "ropekit.methods.s2_attention",  # the S²-Attn attention sits with the methods the runtime calls

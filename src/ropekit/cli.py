@@ -316,8 +316,8 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
     """Extend a model and fine-tune it (full or LoRA), with CREAM/PoSE/RandPos/LongRecipe position strategies, on one
     CPU, one GPU, or many with `accelerate launch`. The output directory is a checkpoint `ropekit.load_model` restores.
     `--recipe longrecipe` runs three stages into OUT/stage0, OUT/stage1 and the merged model in OUT."""
-    from .train import TrainOptions, close_process_group
-    from .train import train as run_train
+    from .training.api import TrainOptions, close_process_group
+    from .training.api import train as run_train
 
     summary = run_train(TrainOptions(
         model=model, method=method, target_length=target_length, output=output, recipe=recipe, data=data, data_kind=data_kind,
@@ -354,7 +354,7 @@ def merge(a: str = typer.Argument(..., help="checkpoint A (its config and tokeni
           output: Path = typer.Option(..., "--output", "-o", help="new directory for the merged checkpoint"),
           overwrite: bool = typer.Option(False, help="write into a non-empty output directory")):
     """Average two checkpoints of one architecture tensor by tensor, streamed shard by shard (LongRecipe's merge)."""
-    from .merge import merge as run_merge
+    from .training.merge import merge as run_merge
 
     summary = run_merge(a, b, output, weight=weight, overwrite=overwrite)
     console.print(f"[green]merged[/] {summary['tensors']} tensors in {summary['shards']} shard(s): {weight}·{a} + {1 - weight:g}·{b} → "
@@ -383,7 +383,7 @@ def data_select(output: Path = typer.Option(..., "--output", "-o", help="rows as
                 overwrite: bool = typer.Option(False, help="replace an existing --output file"),
                 device: str = typer.Option("auto")):
     """Select sentences (LongRecipe's impactful-token data) and write rows that each hold the token budget."""
-    from .selection import select_command
+    from .training.selection import select_command
 
     report = select_command(output, data=data, target_length=target_length, fraction=fraction, train_length=train_length, rule=rule,
                             p=p, model=model, extended=extended, top=top, window=window, rows=rows, seed=seed, overwrite=overwrite,

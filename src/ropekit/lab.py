@@ -7,8 +7,8 @@ ablations). The lab does the same with ropekit's own pieces, so it also checks t
 
 1. **Pre-train** (cached under ``$ROPEKIT_CACHE/lab``): a 2-layer Llama (:class:`Shape`) learns a character-level
    mix of natural text (Shakespeare), pass-key sequences and key–value sequences at a native window of 128 tokens,
-   on the transformers ``Trainer`` through ropekit's training components (:class:`ropekit.training.TrainingSet`,
-   :class:`~ropekit.training.RopekitTrainer`, :class:`~ropekit.training.LossLog`). A second run loads the cache.
+   on the transformers ``Trainer`` through ropekit's training components (:class:`ropekit.training.trainer.TrainingSet`,
+   :class:`~ropekit.training.trainer.RopekitTrainer`, :class:`~ropekit.training.trainer.LossLog`). A second run loads the cache.
 2. **Extend** the pre-trained model to 4× with every row of :data:`ROWS` — training-free, fine-tuned at 4×, or
    trained at the native window with a position strategy (CREAM, PoSE, RandPos) — through :func:`ropekit.extend`
    and the same training components; every trained row gets the same number of tokens and optimizer steps.
@@ -38,8 +38,8 @@ The perplexity task is the suite's ``ppl`` (last 64 tokens of windows of *Paradi
 
 **Adding a row** is one line in :data:`ROWS` (label, method, arm, strategy, options); the budget, caching,
 evaluation, report, ``--list`` and claim tables pick it up. Options reach the pieces they belong to: ``params`` →
-:func:`ropekit.extend`, ``strategy_params`` → the position strategy, ``dataset`` → :class:`~ropekit.training.TrainingSet`,
-``trainer`` → :class:`~ropekit.training.RopekitTrainer`. For example, the rows for LongRecipe's sentence-gapped
+:func:`ropekit.extend`, ``strategy_params`` → the position strategy, ``dataset`` → :class:`~ropekit.training.trainer.TrainingSet`,
+``trainer`` → :class:`~ropekit.training.trainer.RopekitTrainer`. For example, the rows for LongRecipe's sentence-gapped
 positions and LongLoRA's shifted sparse attention (``ropekit train --attention s2``) are::
 
     Row("longrecipe-pi", "linear", "native", strategy="longrecipe", dataset={"sentence_ends": SENTENCE_END_IDS}),
@@ -223,8 +223,8 @@ class Mix:
 class LabSequences:
     """A list-like, lazily generated training set: row ``i`` of (seed, length) is always the same sequence.
 
-    Handed to :class:`ropekit.training.TrainingSet` as its rows (which only indexes and measures them), so millions
-    of rows never sit in memory. Rows are :class:`ropekit.data.Example` with ``labels = input_ids``; the loss
+    Handed to :class:`ropekit.training.trainer.TrainingSet` as its rows (which only indexes and measures them), so millions
+    of rows never sit in memory. Rows are :class:`ropekit.training.data.Example` with ``labels = input_ids``; the loss
     (:func:`answer_weighted_loss`) tells answers (from ``<answer>`` to the next ``<s>``) from the rest.
     """
 
@@ -255,7 +255,7 @@ class LabSequences:
         return ids + (text_sequence(rng, n - size, "train")["context"] if size < n else [])
 
     def __getitem__(self, index: int):
-        from .data import Example
+        from .training.data import Example
 
         if not 0 <= index < self.count:
             raise IndexError(index)
@@ -404,7 +404,7 @@ def stack_rows(rows: list[dict]) -> dict:
     """Every lab row has the same length: one ``[B, N]`` batch with an all-ones mask (ropekit's collator for rows
     with position jumps), instead of the packed single row it builds for contiguous rows — causal attention over
     ``B`` rows of ``N`` costs B× less than over one packed row of ``B·N``."""
-    from .training import collate
+    from .training.trainer import collate
 
     return collate([{**r, "jumps": True} for r in rows])
 
@@ -429,11 +429,11 @@ def train_lab(model, tokenizer, schedule: Schedule, output: Path, seed: int, str
               save_steps: int | None = None, trainer: dict | None = None, dataset: dict | None = None, progress: bool = True) -> dict:
     """Train ``model`` on lab sequences with ``strategy`` positions over ``[0, target_length)``, save it (and the
     tokenizer) to ``output``; resumes from the last ``checkpoint-*`` in ``output``. ``trainer`` / ``dataset``: extra
-    :class:`~ropekit.training.RopekitTrainer` / :class:`~ropekit.training.TrainingSet` arguments. Returns a summary."""
+    :class:`~ropekit.training.trainer.RopekitTrainer` / :class:`~ropekit.training.trainer.TrainingSet` arguments. Returns a summary."""
     from transformers import TrainingArguments
 
-    from .positions import check_params, get_strategy
-    from .training import EpochCallback, LossLog, RopekitTrainer, TrainingSet
+    from .training.positions import check_params, get_strategy
+    from .training.trainer import EpochCallback, LossLog, RopekitTrainer, TrainingSet
 
     output.mkdir(parents=True, exist_ok=True)
     params = check_params(get_strategy(strategy), strategy_params or {})
@@ -519,7 +519,7 @@ class Row:
     then fine-tuned on sequences of the target length, 4× native) or ``native`` (the method applied, then trained on
     native-length sequences whose position ids ``strategy`` spreads over the target). ``params``: method parameters;
     ``strategy_params``: position-strategy parameters; ``trainer`` / ``dataset``: extra
-    :class:`~ropekit.training.RopekitTrainer` / :class:`~ropekit.training.TrainingSet` arguments (e.g. a
+    :class:`~ropekit.training.trainer.RopekitTrainer` / :class:`~ropekit.training.trainer.TrainingSet` arguments (e.g. a
     training-time attention, or the sentence ends :data:`SENTENCE_END_IDS` a strategy needs)."""
 
     label: str

@@ -18,9 +18,9 @@ from .eval.merge import find_result_sets, load_merged
 from .eval.runner import columns_of, format_score, score_of
 from .lengths import format_length
 from .machine import describe_machine
+from .plotting import pyplot as _plt, save_figure as _save  # module names: tests wrap _save
 
 
-DPI = 110
 
 
 def load_results(directory: str | Path) -> dict:
@@ -38,24 +38,6 @@ def load_results(directory: str | Path) -> dict:
     if results.get("format") != 2 or "runs" not in results:
         raise RopekitError(f"{path} is not a ropekit results file (format 2)", "re-run the evaluation with this ropekit version")
     return results
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path, tight: bool = True) -> Path:
-    plt = _plt()
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
 
 
 # Line plots: one style per run. Beyond ten runs tab10's colours repeat (two runs would share a colour), so the

@@ -3,7 +3,7 @@ the EABF and CREAM papers' tables, reproducible by one command.
 
 A preset's rows are grouped into named **slices** (``headline``, ``training-free``, …), each small enough to train
 and evaluate in one short GPU window. Recipe for one slice, top to bottom: for each fine-tuned row,
-``ropekit.train`` into ``DIR/<slice>/runs/<label>`` (skipped when already there, so an interrupted study resumes) →
+``ropekit.training.api.train`` into ``DIR/<slice>/runs/<label>`` (skipped when already there, so an interrupted study resumes) →
 one evaluation of the slice's rows (``DIR/<slice>/eval``, cached per task and length) → ``DIR/<slice>/results.json``
 (each run with its training summary and loss log; a re-run row replaces its old entry). Then every slice found under
 ``DIR`` is merged into one report (``DIR/report.html``, ``DIR/report.md``, ``DIR/plots/``) and ``DIR/study.md``
@@ -237,7 +237,7 @@ def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto"
     them, and add them to ``directory/results.json``. Rows run in the order of ``only`` (else the slice's)."""
     from .eval.merge import merge_results
     from .eval.runner import RunSpec, _write_json, evaluate
-    from .train import TrainOptions, train
+    from .training.api import TrainOptions, train
 
     order = list(only) if only else list(part.labels)
     runs = sorted((r for r in preset.runs if r.label in part.labels and r.label in order), key=lambda r: order.index(r.label))

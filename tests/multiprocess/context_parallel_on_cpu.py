@@ -38,9 +38,9 @@ from transformers import Trainer
 
 import ropekit
 from ropekit.methods.runtime import observe
-from ropekit.data import IGNORE, Example
+from ropekit.training.data import IGNORE, Example
 from ropekit.testing import random_ids, tiny_model
-from ropekit.training import TrainingSet, collate, collate_padded
+from ropekit.training.trainer import TrainingSet, collate, collate_padded
 
 CP = 2
 TORCH_SDPA = F.scaled_dot_product_attention

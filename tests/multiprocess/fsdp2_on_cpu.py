@@ -20,7 +20,7 @@ import accelerate.state
 from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 
-from ropekit.train import TrainOptions, close_process_group, train
+from ropekit.training.api import TrainOptions, close_process_group, train
 
 _init = accelerate.state.AcceleratorState.__init__
 

@@ -27,7 +27,7 @@ most frequent first after the 100 commonest; where a tokenizer has too few, long
 question + answer runs against it (:func:`ropekit.eval.scoring.score_after_prefix`, the same logits as separate
 forwards), so a trial — one record list asked at every position — costs one long forward.
 
-**Not the training data.** ``ropekit train``'s synthetic conversations (:mod:`ropekit.synthetic`) plant
+**Not the training data.** ``ropekit train``'s synthetic conversations (:mod:`ropekit.training.synthetic`) plant
 ``line 23: REGISTER_CONTENT is <4567>`` records (numeric line ids, 4-digit values, the old word order) and inline
 JSON objects of six 8-character ``[a-z0-9]`` keys and values, asked in a chat turn, from ``Random("synthetic-{seed}")``;
 evaluation items use word keys, these record forms and ``Random("{task}-{seed}-{length}-{trial}")``.

@@ -45,8 +45,8 @@ from typing import Callable
 
 import torch
 
-from .errors import RopekitError
-from .registry import parse_bool
+from ..errors import RopekitError
+from ..registry import parse_bool
 
 
 @dataclass(frozen=True)

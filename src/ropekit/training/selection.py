@@ -1,6 +1,6 @@
 """``ropekit data select``: LongRecipe's training-data selection (Hu et al. 2024, arXiv 2409.00509 §4.1).
 
-Documents are split into sentences at the tokenizer's sentence-end tokens (:func:`ropekit.positions.sentence_end_ids`;
+Documents are split into sentences at the tokenizer's sentence-end tokens (:func:`ropekit.training.positions.sentence_end_ids`;
 a sentence ends *with* its end token), sentences are kept by a rule, and the kept sentences of each document, in order,
 fill rows of at least ``budget`` tokens (default 30% of the target length). Rows are written as JSONL ``{"text": …}``,
 which ``ropekit train --data`` reads; each is checked to hold the budget (and a sentence end before its last trained
@@ -32,7 +32,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import RopekitError
+from ..errors import RopekitError
 
 RULES = ("digits", "logit-change")
 DIGIT = re.compile(r"[0-9]")
@@ -122,7 +122,7 @@ def documents(source: str, tokenizer, budget: int, count: int | None = None, see
     from .data import BadRow, conversation_messages, detect_kind, read_rows
 
     if source == "shakespeare":
-        from .eval.corpus import shakespeare_files
+        from ..eval.corpus import shakespeare_files
 
         for file in shakespeare_files():
             yield file.name, file.read_text(encoding="utf-8", errors="replace")
@@ -191,7 +191,7 @@ def next_token_logprobs(model, ids: list[int], window: int, chunk: int = 1024) -
     Windows of ``window`` tokens are scored independently; the output layer runs in chunks from the final hidden
     states, so ``[tokens, vocab]`` logits never exist at once.
     """
-    from .extension import reset_rope_state
+    from ..extension import reset_rope_state
 
     device = next(model.parameters()).device
     head = model.get_output_embeddings()
@@ -265,7 +265,7 @@ def class_report(tokenizer, ids: list[int], scores: torch.Tensor, threshold: flo
 
 
 def plot_classes(report: dict, path: Path) -> Path:
-    from .report import _plt, _save
+    from ..plotting import pyplot as _plt, save_figure as _save
 
     plt = _plt()
     classes = report["classes"]
@@ -408,7 +408,7 @@ def select(source: str, tokenizer, budget: int, rule: str = "digits", p: float =
 
 
 def _split(tokenizer, text: str, end_ids, report: SelectionReport, first_pass: bool) -> Sentences:
-    from .eval.corpus import _clean
+    from ..eval.corpus import _clean
 
     sentences = split_sentences(tokenizer, _clean(text), end_ids)
     if first_pass:
@@ -419,7 +419,7 @@ def _split(tokenizer, text: str, end_ids, report: SelectionReport, first_pass: b
 
 
 def _native_length(model) -> int:
-    from .extension import native_length_of
+    from ..extension import native_length_of
 
     return native_length_of(model.config)
 
@@ -434,8 +434,8 @@ def select_command(output, data: str = "shakespeare", target_length="32k", fract
                    progress: bool = True) -> SelectionReport:
     """``ropekit data select``: check the arguments, load the tokenizer (and the models for logit-change), select,
     write the rows to ``output`` and the report to ``<output>.report.json``."""
-    from .lengths import parse_length
-    from .models import load_model, resolve_source
+    from ..lengths import parse_length
+    from ..models import load_model, resolve_source
 
     target = parse_length(target_length, "target length")
     if train_length is not None:

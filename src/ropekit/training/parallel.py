@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-from .errors import RopekitError
-from .extension import rope_depends_on_length, rope_entry, sliding_layers, text_config
+from ..errors import RopekitError
+from ..extension import rope_depends_on_length, rope_entry, sliding_layers, text_config
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import RopekitError
+from ..errors import RopekitError
 
 HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 INDEX = "model.safetensors.index.json"
@@ -38,7 +38,7 @@ SLICE_BYTES = 8 << 20  # fp32 bytes per slice: a handful of these buffers is all
 
 def checkpoint_dir(source, role: str) -> Path:
     """A local safetensors checkpoint directory (the ``smollm2-135m`` alias included); GGUF and hub ids are refused."""
-    from .models import resolve_source
+    from ..models import resolve_source
 
     kind, path = resolve_source(source)
     if kind == "gguf":

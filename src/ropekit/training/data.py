@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import RopekitError
+from ..errors import RopekitError
 
 IGNORE = -100
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
@@ -211,7 +211,7 @@ def _tokenize_with_spans(tokenizer, text: str, spans: list[tuple[int, int]], tur
 
 def tokenize_text(tokenizer, text: str) -> Example:
     """A document → ids with an end-of-sequence token appended (so packed documents are separated)."""
-    from .corpus import _clean
+    from ..corpus import _clean
 
     ids = tokenizer(_clean(text), add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:

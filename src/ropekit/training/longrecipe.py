@@ -5,7 +5,7 @@ The recipe, top to bottom (:func:`train_longrecipe`, which ``ropekit train --rec
 output directory ``OUT``:
 
 0. **Data.** ``--data`` rows as given (run ``ropekit data select`` first for the paper's token selection); without
-   it, the reference code's digit rule over the offline Shakespeare plays (``ropekit.selection``), saved as
+   it, the reference code's digit rule over the offline Shakespeare plays (``ropekit.training.selection``), saved as
    ``OUT/stage0_data.jsonl``.
 1. ``OUT/stage0`` — **extension** (recipe ``longrecipe-extend``): rows of 0.3 × target tokens with ``longrecipe``
    positions (sentence-gapped ids spanning the whole target) under the frequency method; by default ``abf`` with
@@ -14,7 +14,7 @@ output directory ``OUT``:
    ``--replay-data`` (default: the synthetic conversations, loss on responses), contiguous positions, one tenth of
    the learning rate, as many tokens as the paper's 68M replay vs 240M extension tokens (×68/240) by default.
 3. ``OUT`` — **merge**: ``w·stage1 + (1 − w)·original`` (w = 0.5, the paper's Eq. 7), with stage 1's config (the
-   extended RoPE), streamed by :func:`ropekit.merge.merge`.
+   extended RoPE), streamed by :func:`ropekit.training.merge.merge`.
 
 ``--resume`` skips every stage whose ``training_summary.json`` exists, resumes an interrupted one from its last
 ``checkpoint-*``, and starts a stage that never saved one afresh.
@@ -30,8 +30,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import RopekitError
-from .lengths import parse_length
+from ..errors import RopekitError
+from ..lengths import parse_length
 
 BUDGET_FRACTION = 0.3  # the paper's 30% of the target per sample
 REPLAY_TOKEN_RATIO = 68 / 240  # the paper's replay (68M tokens) over its extension stage (240M tokens), App. A
@@ -53,7 +53,7 @@ def default_method(model_dir: Path, target: int) -> tuple[str, dict]:
     """``("abf", {"theta": θ'})`` for the base model in ``model_dir`` at ``target`` (see :func:`longrecipe_theta`)."""
     from transformers import AutoConfig
 
-    from .extension import native_length_of, rope_entry, rotary_dim, text_config
+    from ..extension import native_length_of, rope_entry, rotary_dim, text_config
 
     config = text_config(AutoConfig.from_pretrained(model_dir))
     rope, _ = rope_entry(config)
@@ -75,7 +75,7 @@ def _has_weights(directory: Path) -> bool:
 def _prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
     """Fresh: OUT must be empty (or --overwrite: our stage directories are cleared). Resume: a started run, whose
     finished stages still have their weights."""
-    from .train import is_main_process
+    from .stage import is_main_process
 
     if resume:
         if not (out / "stage0").is_dir():
@@ -99,14 +99,14 @@ def _prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
 
 def _stage(options, directory: Path, callbacks, **changes) -> dict:
     """Run one stage with ``train`` (resuming it when it saved a checkpoint) or read the summary of a finished one."""
-    from .train import is_main_process, train
+    from .stage import is_main_process, train_stage
 
     if _finished(directory):
         return json.loads((directory / "training_summary.json").read_text())
     interrupted = options.resume and any(directory.glob("checkpoint-*"))
     if not interrupted and directory.exists() and is_main_process():
         shutil.rmtree(directory)  # a stage that never saved a checkpoint starts afresh (its log would be stale)
-    return train(replace(options, output=str(directory), resume=interrupted, overwrite=True, **changes), callbacks)
+    return train_stage(replace(options, output=str(directory), resume=interrupted, overwrite=True, **changes), callbacks)
 
 
 def stage0_data(options, out: Path, train_length: int, batch: int) -> str:
@@ -114,7 +114,7 @@ def stage0_data(options, out: Path, train_length: int, batch: int) -> str:
     by the main process under ``accelerate launch``, the others waiting for the file)."""
     if options.data is not None:
         return options.data
-    from .train import is_main_process
+    from .stage import is_main_process
 
     path = out / "stage0_data.jsonl"
     if is_main_process() and not path.is_file():
@@ -141,12 +141,12 @@ def stage0_data(options, out: Path, train_length: int, batch: int) -> str:
 def train_longrecipe(options, callbacks: list | None = None) -> dict:
     """Run (or resume) the three stages; returns the summary also written to ``OUT/training_summary.json``.
 
-    ``options`` is a :class:`ropekit.train.TrainOptions` with ``recipe="longrecipe"``; its training fields apply to
+    ``options`` is a :class:`ropekit.training.stage.TrainOptions` with ``recipe="longrecipe"``; its training fields apply to
     stage 0, ``replay_*`` to stage 1 and ``merge_weight`` to the merge.
     """
     from .merge import checkpoint_dir, merge
-    from .train import is_main_process
-    from .training import get_recipe
+    from .stage import is_main_process
+    from .recipes import get_recipe
 
     started = time.time()
     base_dir = checkpoint_dir(options.model, "the base model")  # merge needs safetensors: refuse GGUF/hub before training
