@@ -76,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
     import ropekit
-    from ropekit.compare import DEFAULT_LENGTHS, DEFAULT_METHODS, compare
+    from ropekit.studies.compare import DEFAULT_LENGTHS, DEFAULT_METHODS, compare
     from ropekit.corpus import text_tokens
     from ropekit.eval.passkey_ppl import window_sample
     from ropekit.lengths import format_length

@@ -39,7 +39,7 @@ def probe(shape: str, length: int, variant: str, lora: int, steps: int = 2) -> d
     import ropekit
     from transformers import AutoModelForCausalLM
 
-    from ropekit.memory import ActivationOffload, make_chunked_loss, tile_mlp
+    from ropekit.training.memory import ActivationOffload, make_chunked_loss, tile_mlp
 
     device = "cuda" if on_gpu() else "cpu"
     config = config_for(shape)

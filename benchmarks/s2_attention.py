@@ -13,7 +13,7 @@ Two measurements per length, S²-Attn (group = a quarter of the sequence) and it
   step      — a whole training step of a Llama model of that layout (random weights; 2 layers on CPU, all 22 for
               --gpu; a 4K vocabulary on CPU): LongLoRA's LoRA+ (LoRA r 8 on q/k/v/o, embeddings and norms trained), gradient
               checkpointing, the chunked loss, MLP tiles of 4K tokens, AdamW. Baseline: the same model and batch
-              with full attention; S²-Attn: inside ``ropekit.longlora.s2_training`` (as ``ropekit train
+              with full attention; S²-Attn: inside ``ropekit.methods.s2_attention.s2_training`` (as ``ropekit train
               --attention s2`` runs it).
 Times are wall clock and CPU time of this process (user+sys, all threads: steadier than wall time on a shared
 machine); ratios are baseline / S²-Attn, so 3.0 means S²-Attn is three times faster.
@@ -94,9 +94,9 @@ def attention_case(length: int, heads: int, kv_heads: int, head_dim: int, dtype,
 def step_case(shape: str, length: int, dtype, device: str, attn_implementation: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ropekit.longlora import s2_training
-    from ropekit.memory import make_chunked_loss, tile_mlp
-    from ropekit.train import TrainOptions, apply_lora
+    from ropekit.methods.s2_attention import s2_training
+    from ropekit.training.memory import make_chunked_loss, tile_mlp
+    from ropekit.training.stage import TrainOptions, apply_lora
 
     hidden, inter, layers, heads, kv, vocab = SHAPES[shape]
     config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,

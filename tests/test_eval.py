@@ -115,7 +115,7 @@ def test_compare_end_to_end_on_a_tiny_checkpoint(tmp_path):
     save_tiny_checkpoint(tmp_path / "model", vocab_size=len(tok))
     text = tmp_path / "text.txt"
     text.write_text("Of Mans First Disobedience, and the Fruit of that Forbidden Tree. " * 40)
-    from ropekit.compare import compare, summary_rows
+    from ropekit.studies.compare import compare, summary_rows
 
     tasks = {"passkey": {"trials": 2}, "ppl": {"windows": 1, "tail": 64, "source": str(text)}}
     results = compare(model=str(tmp_path / "model"), methods=["none", "yarn", "eabf"], target_length=512, lengths=[300, 400],
@@ -129,7 +129,7 @@ def test_compare_end_to_end_on_a_tiny_checkpoint(tmp_path):
 
 
 def test_compare_rejects_bad_input_before_loading(tmp_path):
-    from ropekit.compare import compare
+    from ropekit.studies.compare import compare
 
     with pytest.raises(ropekit.RopekitError, match="unknown method"):
         compare(model="/does/not/matter", methods=["none", "warp"], output=tmp_path)

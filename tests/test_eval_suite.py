@@ -233,7 +233,7 @@ def test_extended_checkpoint_evaluates_and_reports_end_to_end(tmp_path, hay):
 
 
 def test_report_errors(tmp_path):
-    from ropekit.report import render
+    from ropekit.studies.report import render
 
     with pytest.raises(ropekit.RopekitError, match="no results.json"):
         render(tmp_path)

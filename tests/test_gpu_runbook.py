@@ -122,7 +122,7 @@ def test_collect_files_benchmark_results_and_marks_partial_rows(tmp_path):
 def test_plan_prices_every_row_and_every_call_fits_a_window():
     plan = importlib.import_module("plan")
     calls = plan.study_calls()
-    from ropekit.study import get_preset
+    from ropekit.studies.study import get_preset
 
     planned = [r.label for c in calls if not c["train_only"] for r in c["rows"]]
     assert sorted(planned) == sorted(r.label for r in get_preset("smollm2-64k").runs)  # every row evaluated exactly once
@@ -189,6 +189,6 @@ def test_every_slice_of_the_gpu_preset_runs_at_toy_scale(tmp_path, slice_name):
     back = tmp_path / "out"
     assert study_call.main(["--smoke", "--slice", slice_name, "--output", str(tmp_path / "study"), "--bring-back", str(back)]) == 0
     results = json.loads((back / f"results-{slice_name}.json").read_text())
-    from ropekit.study import get_preset, get_slice
+    from ropekit.studies.study import get_preset, get_slice
 
     assert sorted(r["label"] for r in results["runs"]) == sorted(get_slice(get_preset("smollm2-64k"), slice_name).labels)

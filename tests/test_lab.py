@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import ropekit
-from ropekit import lab
+from ropekit.studies import lab
 from ropekit.training.positions import STRATEGIES
 from ropekit.registry import get_method
 from ropekit.testing import tiny_model, tiny_tokenizer

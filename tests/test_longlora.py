@@ -566,7 +566,7 @@ def test_cli_refusals_are_one_line(workspace, tmp_path):
 
 
 def test_study_rows_compare_s2_with_full_attention_on_the_same_budget():
-    from ropekit.study import get_preset
+    from ropekit.studies.study import get_preset
 
     for name, target in (("smollm2-cpu-smoke", "16k"), ("smollm2-64k", "64k")):
         runs = {r.label: r for r in get_preset(name).runs}

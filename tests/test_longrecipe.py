@@ -482,7 +482,7 @@ def test_help(command):
 @pytest.mark.parametrize("preset", ["smollm2-cpu-smoke", "smollm2-64k"])
 def test_study_rows_match_the_pose_budget(preset):
     """Every PoSE row of a study preset has a longrecipe twin: same method, target, train length, steps and samples."""
-    from ropekit.study import get_preset
+    from ropekit.studies.study import get_preset
 
     runs = {r.label: r for r in get_preset(preset).runs}
     twins = [(r, runs.get(r.label.replace("pose-", "longrecipe-"))) for r in runs.values() if r.strategy == "pose"]

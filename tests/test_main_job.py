@@ -108,7 +108,7 @@ def test_machine_record():
 def test_compare_records_machine_setup_and_per_entry_parameters(tmp_path, verse):
     tok = tiny_tokenizer()
     save_tiny_checkpoint(tmp_path / "model", vocab_size=len(tok))
-    from ropekit.compare import compare, summary_rows, timing_lines
+    from ropekit.studies.compare import compare, summary_rows, timing_lines
 
     tasks = {"passkey_ppl": {"trials": 1, "tail": 64, "source": verse}}
     results = compare(model=str(tmp_path / "model"), methods=["none", "eabf", "eabf:layers=all"], target_length=1024,

@@ -3,7 +3,7 @@
 import pytest
 
 from ropekit.plotting import DPI
-from ropekit.report import heatmap, heatmap_figure
+from ropekit.studies.report import heatmap, heatmap_figure
 
 
 def _inside(inner, outer, slack=0.5) -> bool:
@@ -64,7 +64,7 @@ def test_heatmap_sizes_scale_with_the_grid():
 def test_line_plots_keep_every_run_apart(tmp_path, monkeypatch, count):
     """The lab's 17 rows in one plot: every line has its own colour-and-style, and a long legend sits outside the
     axes (inside the figure) so it hides no line; a short one stays inside."""
-    from ropekit import report
+    from ropekit.studies import report
 
     seen = {}
     original = report._save

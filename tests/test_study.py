@@ -6,8 +6,8 @@ import shutil
 import pytest
 
 import ropekit
-from ropekit import study as study_module
-from ropekit.study import Preset, Run, Slice
+from ropekit.studies import study as study_module
+from ropekit.studies.study import Preset, Run, Slice
 from ropekit.testing import save_tiny_checkpoint, tiny_tokenizer
 
 
@@ -72,7 +72,7 @@ def test_slices_run_apart_and_merge_into_one_report(tmp_path, monkeypatch):
     (out / "report.md").unlink()
     study_module.study("tiny", out, report_only=True)
     assert (out / "report.md").exists()
-    from ropekit.report import render
+    from ropekit.studies.report import render
     render(out)  # `ropekit report DIR` on a directory of slices merges them too
     with pytest.raises(ropekit.RopekitError, match="slice second has no run 'none'"):
         study_module.study("tiny", out, slice_name="second", only=["none"])
@@ -201,7 +201,7 @@ def test_merge_results_unions_and_refuses_duplicate_labels():
 
 def test_scores_of_two_task_format_versions_are_never_merged_into_one_column(tmp_path):
     from ropekit.eval.merge import merge_results
-    from ropekit.report import render
+    from ropekit.studies.report import render
 
     old = fake_results([fake_run("eabf-32k", {"kv": {16384: 0.0}, "passkey": {16384: 100.0}}, model="m")], lengths=(16384,))  # before versions: v1
     new = fake_results([fake_run("none", {"kv": {16384: 40.0}, "passkey": {16384: 0.0}}, model="m")], lengths=(16384,))

@@ -90,7 +90,7 @@ def collect(folders: list[Path], study_dir: Path, bench_dir: Path, render: bool 
         else:
             done.append(f"{name}: not recognised, left where it is")
     if study_changed and render:
-        from ropekit.study import get_preset, write_report
+        from ropekit.studies.study import get_preset, write_report
 
         write_report(get_preset(PRESET), study_dir)
         done.append(f"re-rendered {study_dir / 'study.md'} and {study_dir / 'report.md'}")

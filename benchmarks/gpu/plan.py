@@ -84,7 +84,7 @@ def _forwards(tasks: dict, lengths: list[int], method: str) -> dict[int, int]:
 
 def eval_rate() -> float:
     """Forward FLOP/s of the evaluation, calibrated on one measured row (pose-yarn-64k, the preset's full protocol)."""
-    from ropekit.study import get_preset
+    from ropekit.studies.study import get_preset
 
     preset = get_preset("smollm2-64k")
     flops = sum(count * forward_flops(n) for n, count in _forwards(preset.tasks, list(preset.lengths), "yarn").items())
@@ -118,7 +118,7 @@ class Row:
 
 def estimate_row(preset, run, part) -> Row:
     from ropekit.lengths import parse_length
-    from ropekit.training import get_recipe
+    from ropekit.training.recipes import get_recipe
 
     lengths = sorted(set(part.lengths or preset.lengths) | {n for ns in (part.task_lengths or {}).values() for n in ns})
     tasks = part.tasks or preset.tasks
@@ -135,7 +135,7 @@ def estimate_row(preset, run, part) -> Row:
             tokens = options["max_steps"] * options["batch_size"] * length
             setup = NATIVE_SETUP_S
             if run.recipe == "longrecipe":  # + its replay at 8K (68/240 of stage 0's tokens, whole steps) on conversations
-                from ropekit.longrecipe import REPLAY_TOKEN_RATIO
+                from ropekit.training.longrecipe import REPLAY_TOKEN_RATIO
 
                 replay_steps = math.ceil(REPLAY_TOKEN_RATIO * options["max_steps"] * parse_length(options["train_length"]) / length)
                 tokens += replay_steps * options["batch_size"] * length
@@ -158,7 +158,7 @@ def study_calls(preset_name: str = "smollm2-64k", skip: set[str] = frozenset()) 
     included; the first call of a machine adds FIRST_CALL_S - LATER_CALL_S, counted by :func:`windows`). A row whose
     training and evaluation do not fit ROW_LIMIT_S gets two calls on the same warm machine: ``--train-only``, then,
     less than 30 s later, its evaluation."""
-    from ropekit.study import get_preset, preset_slices
+    from ropekit.studies.study import get_preset, preset_slices
 
     preset = get_preset(preset_name)
     rows = {r.label: r for r in preset.runs}
@@ -199,7 +199,7 @@ def study_calls(preset_name: str = "smollm2-64k", skip: set[str] = frozenset()) 
 def estimate_call(slice_name: str, labels: list[str], preset_name: str = "smollm2-64k") -> float:
     """Seconds of training and evaluation of these rows of one slice (no fixed cost): what study.sh checks against its
     deadline before it starts."""
-    from ropekit.study import get_preset, get_slice
+    from ropekit.studies.study import get_preset, get_slice
 
     preset = get_preset(preset_name)
     part = get_slice(preset, slice_name)

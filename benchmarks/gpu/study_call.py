@@ -39,9 +39,9 @@ def smoke_preset(preset, folder: Path):
     """The preset at toy scale: identical labels, methods, strategies, recipes, slices and task sets; a tiny model,
     its data files, lengths of a few hundred tokens, one step, one trial."""
     from ropekit.lengths import parse_length
-    from ropekit.study import Preset, Run, Slice
+    from ropekit.studies.study import Preset, Run, Slice
     from ropekit.testing import save_tiny_checkpoint, tiny_tokenizer
-    from ropekit.training import get_recipe
+    from ropekit.training.recipes import get_recipe
 
     model = folder / "tiny-model"
     if not (model / "config.json").exists():
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-reserve", type=float, default=0.0, help="seconds before the deadline that training leaves for the evaluation")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds after the deadline at which the call interrupts itself")
     args = parser.parse_args(argv)
-    from ropekit import study as study_module
+    from ropekit.studies import study as study_module
 
     name = PRESET
     output = Path(args.output)

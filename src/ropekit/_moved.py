@@ -17,6 +17,7 @@ MOVED = {
     "ropekit.train": "ropekit.training.api",
     **{f"ropekit.{name}": f"ropekit.training.{name}"
        for name in ("data", "positions", "synthetic", "selection", "merge", "memory", "parallel", "longrecipe")},
+    **{f"ropekit.{name}": f"ropekit.studies.{name}" for name in ("compare", "study", "report", "lab")},
     "ropekit.attention": "ropekit.methods.runtime",
     "ropekit.entropy": "ropekit.methods.entropy_probe",
     "ropekit.longlora": "ropekit.methods.s2_attention",  # the S²-Attn attention sits with the methods the runtime calls

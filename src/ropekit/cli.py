@@ -153,7 +153,7 @@ def lm_eval(ctx: typer.Context):
 
 
 def _print_results(results: dict) -> None:
-    from .compare import summary_rows, timing_lines
+    from .studies.compare import summary_rows, timing_lines
 
     header, rows = summary_rows(results)
     table = Table(title=f"{results['kind']}: score per task and length (passkey/niah/lines/kv/ruler/longbench: %, ppl: perplexity)")
@@ -215,7 +215,7 @@ def compare(model: str = typer.Option(DEFAULT_MODEL, "--model", help="base model
     passkey and perplexity at 4K and 12K tokens: about 7.5 minutes on 2 CPU cores. On a GPU use e.g.
     --methods none,ntk,dynamic,yarn,eabf --lengths 4k,8k,16k,32k --tasks passkey,niah,ppl --trials 20 --windows 3.
     """
-    from .compare import compare as run_compare
+    from .studies.compare import compare as run_compare
     from .lengths import parse_lengths
 
     task_options = _tasks(tasks, task_option, trials, windows)
@@ -257,7 +257,7 @@ def evaluate(model: str = typer.Argument(..., help="checkpoint directory (e.g. f
 def report(directory: Path = typer.Argument(..., help="an --output directory of `ropekit eval`, `compare` or `study` (slices are merged)")):
     """Render results.json (or every DIR/<slice>/results.json, merged) into report.html (self-contained) and report.md
     with tables and PNG plots."""
-    from .report import render
+    from .studies.report import render
 
     md, page = render(directory)
     console.print(f"[green]wrote[/] {page} and {md}", highlight=False)
@@ -403,8 +403,8 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
           list_runs: bool = typer.Option(False, "--list", help="print the preset's slices and runs and exit")):
     """Every method under the same fine-tuning budget, in slices that each fit a short GPU window; each slice writes
     OUTPUT/<slice>/results.json, and the report and study.md merge every slice found (docs/results.md)."""
-    from .study import get_preset, preset_slices
-    from .study import study as run_study
+    from .studies.study import get_preset, preset_slices
+    from .studies.study import study as run_study
 
     if list_runs:
         chosen = get_preset(preset)
@@ -437,8 +437,8 @@ def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help=
     """Train a small RoPE model from scratch (cached), extend it 4× with every method under one budget, and check
     each method's claim with pass key, key-value retrieval and perplexity at 1×-16× its window (docs/lab.md).
     About 25 minutes on 2 idle CPU cores (measured, docs/lab.md); --quick about 3."""
-    from .lab import ARMS, get_rows
-    from .lab import lab as run_lab
+    from .studies.lab import ARMS, get_rows
+    from .studies.lab import lab as run_lab
 
     if list_rows:
         for row in get_rows():

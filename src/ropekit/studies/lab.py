@@ -60,9 +60,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .errors import RopekitError
-from .eval.scoring import score_answers
-from .eval.tasks import Task, evenly_spaced, register
+from ..errors import RopekitError
+from ..eval.scoring import score_answers
+from ..eval.tasks import Task, evenly_spaced, register
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Vocabulary and tokenizer
@@ -112,12 +112,12 @@ def lab_text(split: str) -> torch.Tensor:
     """Token ids (uint8) of the lab's natural text: ``train`` = Shakespeare, ``eval`` = *Paradise Lost*; digits
     removed, so values never occur in a haystack. Tokenised once and kept as raw bytes in the lab cache."""
     if split not in _TEXT_CACHE:
-        from .embedded import cache_dir
+        from ..embedded import cache_dir
 
         stamp = hashlib.sha1(json.dumps([VOCABULARY, TEXT_SOURCES[split]]).encode()).hexdigest()[:12]
         path = cache_dir() / "lab" / f"text-{split}-{stamp}.u8"
         if not path.is_file():
-            from .eval.corpus import natural_text
+            from ..eval.corpus import natural_text
 
             text = natural_text(TEXT_SOURCES[split]).translate({ord(d): None for d in DIGITS})
             tokenizer = lab_tokenizer()
@@ -255,7 +255,7 @@ class LabSequences:
         return ids + (text_sequence(rng, n - size, "train")["context"] if size < n else [])
 
     def __getitem__(self, index: int):
-        from .training.data import Example
+        from ..training.data import Example
 
         if not 0 <= index < self.count:
             raise IndexError(index)
@@ -277,7 +277,7 @@ def _score(model, tokenizer, items: list[dict], batch_size: int) -> list[dict]:
 def _far(model, rows: list[dict]) -> dict:
     """Accuracy over the items whose needle (or gold pair) sits at least the native window before the answer: the
     relative distances a model that cannot extrapolate has never seen."""
-    from .extension import native_length_of
+    from ..extension import native_length_of
 
     native = native_length_of(model.config)
     far = [r["correct"] for r in rows if r["distance"] >= native]
@@ -404,7 +404,7 @@ def stack_rows(rows: list[dict]) -> dict:
     """Every lab row has the same length: one ``[B, N]`` batch with an all-ones mask (ropekit's collator for rows
     with position jumps), instead of the packed single row it builds for contiguous rows — causal attention over
     ``B`` rows of ``N`` costs B× less than over one packed row of ``B·N``."""
-    from .training.trainer import collate
+    from ..training.trainer import collate
 
     return collate([{**r, "jumps": True} for r in rows])
 
@@ -432,8 +432,8 @@ def train_lab(model, tokenizer, schedule: Schedule, output: Path, seed: int, str
     :class:`~ropekit.training.trainer.RopekitTrainer` / :class:`~ropekit.training.trainer.TrainingSet` arguments. Returns a summary."""
     from transformers import TrainingArguments
 
-    from .training.positions import check_params, get_strategy
-    from .training.trainer import EpochCallback, LossLog, RopekitTrainer, TrainingSet
+    from ..training.positions import check_params, get_strategy
+    from ..training.trainer import EpochCallback, LossLog, RopekitTrainer, TrainingSet
 
     output.mkdir(parents=True, exist_ok=True)
     params = check_params(get_strategy(strategy), strategy_params or {})
@@ -617,8 +617,8 @@ DATA_VERSION = 3  # bump when the generators change what a training row holds: c
 def pretrained_dir(budget: Budget, shape: Shape, seed: int) -> Path:
     """Where the pre-trained model of (budget, shape, seed) is cached: ``$ROPEKIT_CACHE/lab/<budget>-seed<k>-<hash>``.
     The hash covers everything that changes the weights, so a changed recipe never reuses a stale model."""
-    from .version import __version__
-    from .embedded import cache_dir
+    from ..version import __version__
+    from ..embedded import cache_dir
 
     recipe = {"shape": asdict(shape), "schedule": asdict(budget.pretrain), "vocabulary": VOCABULARY, "seed": seed,
               "text": TEXT_SOURCES, "data": DATA_VERSION, "ropekit": __version__, "torch": torch.__version__}
@@ -660,8 +660,8 @@ def _say(progress: bool, message: str) -> None:
 def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progress: bool = True) -> Path:
     """Extend the pre-trained model with ``row.method`` at 4× and train it under the row's arm; skipped when
     ``out`` already holds this row trained from this pre-trained model (else it is trained afresh)."""
-    from .extension import extend
-    from .models import load_model
+    from ..extension import extend
+    from ..models import load_model
 
     done = out / "lab_row.json"
     if done.is_file():
@@ -697,7 +697,7 @@ def run_seed(budget: Budget, rows: list[Row], seed: int, out: Path, device: str 
              shape: Shape = Shape()) -> dict:
     """One complete lab for one pre-training seed: pre-train (cached) → train every trained row → evaluate every
     row (resumable) → report. Returns the results dict, with the lab's timings under ``results["lab"]``."""
-    from .eval.runner import RunSpec, evaluate
+    from ..eval.runner import RunSpec, evaluate
     from .report import render
 
     out.mkdir(parents=True, exist_ok=True)
@@ -970,7 +970,7 @@ def _format(cell, key="score", digits=0) -> str:
 
 
 def lab_markdown(results: dict, checks: list[dict]) -> str:
-    from .lengths import format_length
+    from ..lengths import format_length
 
     info = results["lab"]
     native = info["shape"]["native"]

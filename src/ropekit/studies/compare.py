@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .embedded import DEFAULT_MODEL
-from .errors import RopekitError
-from .eval.runner import RunSpec, columns_of, evaluate, format_score, score_of
-from .lengths import format_length
-from .registry import split_methods
+from ..embedded import DEFAULT_MODEL
+from ..errors import RopekitError
+from ..eval.runner import RunSpec, columns_of, evaluate, format_score, score_of
+from ..lengths import format_length
+from ..registry import split_methods
 
 DEFAULT_METHODS = ("none", "yarn", "eabf")
 DEFAULT_LENGTHS = (4096, 12288)
@@ -98,7 +98,7 @@ def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
 
 def timing_lines(results: dict) -> list[str]:
     """The machine, the job's wall time (and each run's), and a first run's setup time, as printed after a table."""
-    from .machine import describe_machine
+    from ..machine import describe_machine
 
     env = results["environment"]
     lines = [f"machine: {describe_machine(env['machine'])}" if "machine" in env else f"device: {env['device']}"]

@@ -13,12 +13,12 @@ import html
 import json
 from pathlib import Path
 
-from .errors import RopekitError
-from .eval.merge import find_result_sets, load_merged
-from .eval.runner import columns_of, format_score, score_of
-from .lengths import format_length
-from .machine import describe_machine
-from .plotting import pyplot as _plt, save_figure as _save  # module names: tests wrap _save
+from ..errors import RopekitError
+from ..eval.merge import find_result_sets, load_merged
+from ..eval.runner import columns_of, format_score, score_of
+from ..lengths import format_length
+from ..machine import describe_machine
+from ..plotting import pyplot as _plt, save_figure as _save  # module names: tests wrap _save
 
 
 

@@ -16,8 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import RopekitError
-from .lengths import format_length, parse_length
+from ..errors import RopekitError
+from ..lengths import format_length, parse_length
 
 
 @dataclass(frozen=True)
@@ -235,9 +235,9 @@ def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto"
               progress: bool = True, train_only: bool = False, stop_at: float | None = None, eval_reserve: float = 0.0) -> dict | None:
     """Train the slice's rows that are not trained yet (continuing from a checkpoint an interrupted run left), evaluate
     them, and add them to ``directory/results.json``. Rows run in the order of ``only`` (else the slice's)."""
-    from .eval.merge import merge_results
-    from .eval.runner import RunSpec, _write_json, evaluate
-    from .training.api import TrainOptions, train
+    from ..eval.merge import merge_results
+    from ..eval.runner import RunSpec, _write_json, evaluate
+    from ..training.api import TrainOptions, train
 
     order = list(only) if only else list(part.labels)
     runs = sorted((r for r in preset.runs if r.label in part.labels and r.label in order), key=lambda r: order.index(r.label))
@@ -276,7 +276,7 @@ def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto"
 
 def write_report(preset: Preset, directory: str | Path) -> dict:
     """Merge every ``directory/<slice>/results.json``; write the report (tables, plots) and ``study.md``."""
-    from .eval.merge import load_merged
+    from ..eval.merge import load_merged
     from .report import render
 
     directory = Path(directory).expanduser()
@@ -295,7 +295,7 @@ def _run(results, label):
 
 
 def _score(results, label, task, length):
-    from .eval.runner import score_of
+    from ..eval.runner import score_of
 
     run = _run(results, label)
     return None if run is None else score_of(run, task, length)
