@@ -112,3 +112,42 @@ def test_no_source_file_over_500_lines():
                 if (n := len(p.read_text().splitlines())) > 500}
     # studies/lab.py is rewritten and split by the lab issue; every other room stays within 500 lines
     assert set(too_long) <= {"src/ropekit/studies/lab.py"}, too_long
+
+
+def test_every_help_shows_its_text_literally():
+    """Help is rendered as written: bracketed extras (pip install 'ropekit[lm-eval]') and code samples survive,
+    where rich markup would swallow "[lm-eval]" as a style tag."""
+    import click
+    import typer.main
+
+    group = typer.main.get_command(app)
+    ctx = click.Context(group, info_name="ropekit", terminal_width=400, max_content_width=400)
+    checked = 0
+    for name, command in group.commands.items():
+        sub = click.Context(command, parent=ctx, info_name=name, terminal_width=400, max_content_width=400)
+        text = " ".join(command.get_help(sub).split())
+        doc = " ".join((command.help or "").split())
+        for literal in re.findall(r"\S*\[[^\]\s]+\]\S*", doc):  # e.g. 'ropekit[lm-eval]'
+            assert literal in text, (name, literal)
+            checked += 1
+        for option in command.params:
+            for literal in re.findall(r"\S*\[[^\]\s]+\]\S*", " ".join((getattr(option, "help", None) or "").split())):
+                assert literal in text, (name, option.name, literal)
+                checked += 1
+    assert checked >= 1  # the lm-eval extra at least
+
+
+def test_printed_errors_and_hints_keep_their_brackets():
+    from ropekit.cli import friendly
+    from ropekit.errors import RopekitError
+
+    @friendly
+    def fails():
+        raise RopekitError("lm-eval is not installed", "pip install 'ropekit[lm-eval]'")
+
+    import typer
+
+    app_one = typer.Typer()
+    app_one.command()(fails)
+    out = CliRunner().invoke(app_one, [])
+    assert out.exit_code == 2 and "pip install 'ropekit[lm-eval]'" in out.output and len(out.output.strip().splitlines()) == 1

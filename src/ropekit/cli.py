@@ -11,15 +11,26 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.table import Table
 
 from .embedded import DEFAULT_MODEL
 from .errors import RopekitError
 
 app = typer.Typer(help="Extend the context window of RoPE-based Hugging Face LLMs, fine-tune them, and prove it works.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-err_console = Console(stderr=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)  # help is shown as written: "[lm-eval]" and code samples are text, not markup
+# markup=False: every line is printed as written ("ropekit[lm-eval]", paths, users' strings); colour comes from say()
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
+
+
+def say(label: str, text: str = "", style: str = "green", err: bool = False) -> None:
+    """One line: ``label`` in ``style``, then ``text`` exactly as written (never read as markup)."""
+    line = Text(label, style=style)
+    if text:
+        line.append(text if text.startswith(";") else " " + text)
+    (err_console if err else console).print(line, highlight=False, soft_wrap=err)
 
 
 def friendly(command):
@@ -30,10 +41,10 @@ def friendly(command):
         try:
             return command(*args, **kwargs)
         except RopekitError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            say("error:", str(err), "bold red", err=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
+            say("interrupted", style="yellow", err=True)
             raise typer.Exit(130)
 
     return wrapper
@@ -112,8 +123,8 @@ def extend(model: str = typer.Argument(..., help="directory, .gguf file, hub id,
     extend_model(loaded, method, target_length=target_length, allow_untested=allow_untested, tokenizer=tokenizer, **params)
     save_model(loaded, tokenizer, out, overwrite=overwrite)
     record = loaded.config.ropekit
-    console.print(f"[green]saved[/] {out}  method={record['method']}  native={record['native_length']}  "
-                  f"target={record['target_length']}  rope={json.dumps(loaded.config.rope_parameters)}", highlight=False)
+    say("saved", f"{out}  method={record['method']}  native={record['native_length']}  "
+                 f"target={record['target_length']}  rope={json.dumps(loaded.config.rope_parameters)}")
 
 
 @app.command("export")
@@ -131,14 +142,14 @@ def export(model: str = typer.Argument(..., help="checkpoint directory (e.g. fro
 
         dropped = export_frequency_only(model, frequency_only, overwrite=overwrite)
         for line in dropped:
-            err_console.print(f"[bold yellow]dropped:[/] {line} — {frequency_only} is NOT the same model at long context", highlight=False)
-        console.print(f"[green]wrote[/] {frequency_only} (plain transformers, no custom code)", highlight=False)
+            say("dropped:", f"{line} — {frequency_only} is NOT the same model at long context", "bold yellow", err=True)
+        say("wrote", f"{frequency_only} (plain transformers, no custom code)")
         return
     from .export.gguf import export_gguf
 
     summary = export_gguf(model, gguf, dtype=dtype, overwrite=overwrite)
-    console.print(f"[green]wrote[/] {gguf}  arch={summary['arch']}  context={summary['context_length']}  "
-                  f"rope={summary['rope']}  tensors={summary['tensors']}  ({summary['dtype']})", highlight=False)
+    say("wrote", f"{gguf}  arch={summary['arch']}  context={summary['context_length']}  "
+                 f"rope={summary['rope']}  tensors={summary['tensors']}  ({summary['dtype']})")
 
 
 @app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
@@ -260,7 +271,7 @@ def report(directory: Path = typer.Argument(..., help="an --output directory of 
     from .studies.report import render
 
     md, page = render(directory)
-    console.print(f"[green]wrote[/] {page} and {md}", highlight=False)
+    say("wrote", f"{page} and {md}")
 
 
 @app.command()
@@ -335,8 +346,8 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
     if not summary["main_process"]:
         return
     data_line = summary["data"]
-    console.print(f"[green]trained[/] {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
-                  f"{summary['tokens_seen']:,} tokens in {summary['seconds']:.0f} s → {output}", highlight=False)
+    say("trained", f"{summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+                   f"{summary['tokens_seen']:,} tokens in {summary['seconds']:.0f} s → {output}")
     console.print(f"data: {data_line['source']}: {data_line['examples']} examples" +
                   (f", skipped {data_line['skipped']} malformed rows (first: {data_line['first_error']})" if data_line["skipped"] else ""),
                   highlight=False)
@@ -357,8 +368,8 @@ def merge(a: str = typer.Argument(..., help="checkpoint A (its config and tokeni
     from .training.merge import merge as run_merge
 
     summary = run_merge(a, b, output, weight=weight, overwrite=overwrite)
-    console.print(f"[green]merged[/] {summary['tensors']} tensors in {summary['shards']} shard(s): {weight}·{a} + {1 - weight:g}·{b} → "
-                  f"{output}{' (head untied)' if summary['untied_head'] else ''}", highlight=False)
+    say("merged", f"{summary['tensors']} tensors in {summary['shards']} shard(s): {weight}·{a} + {1 - weight:g}·{b} → "
+                  f"{output}{' (head untied)' if summary['untied_head'] else ''}")
 
 
 data_app = typer.Typer(help="Prepare training data (LongRecipe's sentence selection).", no_args_is_help=True)
@@ -388,7 +399,7 @@ def data_select(output: Path = typer.Option(..., "--output", "-o", help="rows as
     report = select_command(output, data=data, target_length=target_length, fraction=fraction, train_length=train_length, rule=rule,
                             p=p, model=model, extended=extended, top=top, window=window, rows=rows, seed=seed, overwrite=overwrite,
                             device=device)
-    console.print(f"[green]wrote[/] {report.rows} rows → {output}; {report.summary()}", highlight=False)
+    say("wrote", f"{report.rows} rows → {output}; {report.summary()}")
 
 
 @app.command()
@@ -411,7 +422,7 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
         console.print(f"{chosen.name}: {chosen.description}", highlight=False)
         rows = {r.label: r for r in chosen.runs}
         for part in preset_slices(chosen):
-            console.print(f"[bold]{part.name}[/] — {part.description}", highlight=False)
+            say(part.name, f"— {part.description}", "bold")
             for label in part.labels:
                 row = rows[label]
                 console.print(f"  {label:<20} {row.method:<14} target {row.target:<4} "
@@ -420,7 +431,7 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
     results = run_study(preset, output, device=device, only=[o for o in (only or "").split(",") if o.strip()] or None,
                         slice_name=slice_name, report_only=report_only, train_only=train_only)
     if results is None:
-        console.print(f"[green]trained[/]; evaluate with the same command without --train-only", highlight=False)
+        say("trained", "; evaluate with the same command without --train-only")
         return
     _print_results(results)
     console.print(f"summary: {Path(output) / 'study.md'}; report: {Path(output) / 'report.html'}", highlight=False)
