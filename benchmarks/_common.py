@@ -14,8 +14,18 @@ keys are filled from stand-in lengths (``"stand_ins"`` says which) and the file 
 
 Timing protocol (:func:`measure`, :func:`measure_interleaved`): warm-up calls, then ``repeats`` timed calls
 (≥ 5 on a GPU), each bracketed by ``torch.cuda.synchronize()``; the median is the figure, and the spread
-(max − min) / median is reported next to it. Variants compared in one process are interleaved (A B A B …) so slow
-drift (clocks, other load) hits both alike.
+(max − min) / median is reported next to it. Variants compared in one process are interleaved in rounds (A B C,
+then C B A, …) so slow drift (clocks, temperature, other load) hits all alike. A comparison of two variants is read
+from the rounds as pairs (:func:`paired_ratio`): the ratio within each round, their median, min/max and a bootstrap
+95% interval of that median, so "1% slower" can be told from noise.
+
+A killed run keeps what it measured: :class:`Results` rewrites the file (a temporary file, then an atomic rename)
+after every row and, through ``measure_interleaved(on_round=…)``, after every round of a row still running, so a
+SIGKILL leaves a whole file holding every finished row (``tests/test_benchmarks.py`` kills a run to check).
+
+MFU: model FLOPs per token (:func:`model_flops_per_token`) × tokens/s over a peak, given against both the bf16
+matmul peak measured at the start of the same run (:func:`matmul_peak`) and the device's spec dense bf16 peak
+(:func:`spec_peak`; None for a device not in :data:`PEAK_SPEC_BF16`).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import random
 import re
 import statistics
 import sys
@@ -37,8 +48,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # The summary keys each benchmark must write (issue: "GPU performance, measured on one H100 and committed").
 REQUIRED_SUMMARY = {
-    "logit_scale_overhead": ("max_step_ratio",),
-    "train_throughput": ("ratio_16k", "ratio_32k", "mfu_16k", "mfu_32k"),
+    "logit_scale_overhead": ("max_step_ratio", "max_prefill_ratio", "max_decode_ratio"),
+    "train_throughput": ("ratio_16k", "ratio_32k", "vs_best_16k", "vs_best_32k", "mfu_16k", "mfu_32k"),
     "max_length": ("full_1b_plain", "full_1b_ropekit", "lora_7b_plain", "lora_7b_ropekit"),
     "eval_throughput": ("ratio_32k",),
     "niah_grid": ("seconds",),
@@ -143,6 +154,27 @@ def gpu_tag() -> str | None:
     return tag_of(torch.cuda.get_device_name(0)) if on_gpu() else None
 
 
+# Dense (not 2:4 sparse) bf16 tensor-core peaks from the vendors' data sheets, keyed by spec_key(); H100/H200 SXM: 989.
+PEAK_SPEC_BF16 = {"h100": 989e12, "h200": 989e12, "h100-pcie": 756e12, "h100-nvl": 835e12, "h200-nvl": 835e12, "a100": 312e12}
+
+
+def spec_key(name: str) -> str:
+    """The :data:`PEAK_SPEC_BF16` key of a device name: its tag, plus the form factor where that changes the peak
+    (an H100 PCIe card runs at lower clocks and power than the SXM module the plain ``h100`` entry is)."""
+    tag, lower = tag_of(name), name.lower()
+    form = next((f for f in ("pcie", "nvl") if f in lower), None)
+    return f"{tag}-{form}" if form and f"{tag}-{form}" in PEAK_SPEC_BF16 else tag
+
+
+def spec_peak(name: str | None = None) -> float | None:
+    """The device's spec dense bf16 FLOP/s, or None (a CPU, or a device not in the table)."""
+    if name is None:
+        if not on_gpu():
+            return None
+        name = torch.cuda.get_device_name(0)
+    return PEAK_SPEC_BF16.get(spec_key(name))
+
+
 def sync() -> None:
     if on_gpu():
         torch.cuda.synchronize()
@@ -172,7 +204,10 @@ def is_oom(err: BaseException) -> bool:
 # ------------------------------------------------------------------------------------------------------- timing
 
 
-def stats(times: list[float]) -> dict:
+def stats(times: list[float]) -> dict | None:
+    """Median, min, max, spread = (max − min) / median and the times themselves (in call order); None for none."""
+    if not times:
+        return None
     median = statistics.median(times)
     return {"median_s": median, "min_s": min(times), "max_s": max(times),
             "spread": (max(times) - min(times)) / median if median > 0 else 0.0, "n": len(times), "times_s": times}
@@ -193,17 +228,48 @@ def measure(fn, repeats: int = 5, warmup: int = 1) -> dict:
     return stats([_timed_call(fn) for _ in range(repeats)])
 
 
-def measure_interleaved(fns: dict, repeats: int = 5, warmup: int = 1) -> dict:
-    """Time several variants alternately (A B A B …, the order flipped every round); returns ``{name: stats}``."""
+def measure_interleaved(fns: dict, repeats: int = 5, warmup: int = 1, *, deadline: float | None = None, on_round=None) -> dict:
+    """Time several variants in rounds (A B C, then C B A, …); returns ``{name: stats}``, each list of times in
+    round order so that ``times_s[i]`` of two variants come from the same round.
+
+    ``deadline`` (a ``time.time()`` value): a round is started only if it should end before it, judged by the
+    longest round so far (the last warm-up round for the first); the result then holds fewer than ``repeats``
+    times, or None for a variant when no round fitted. ``on_round(times)`` is called after each round with the
+    times so far (``{name: [seconds, …]}``), so a caller can write them down before the next round."""
     names = list(fns)
-    for name in names:
-        for _ in range(warmup):
+    longest = 0.0
+    for i in range(warmup):
+        start = time.perf_counter()
+        for name in names:
             fns[name]()
+        sync()
+        if i == warmup - 1:
+            longest = time.perf_counter() - start
     times = {name: [] for name in names}
     for round_ in range(repeats):
+        if deadline is not None and time.time() + longest > deadline:
+            break
+        start = time.perf_counter()
         for name in names if round_ % 2 == 0 else reversed(names):
             times[name].append(_timed_call(fns[name]))
+        longest = max(longest, time.perf_counter() - start)
+        if on_round is not None:
+            on_round(times)
     return {name: stats(t) for name, t in times.items()}
+
+
+def paired_ratio(numerator: list[float], denominator: list[float], resamples: int = 2000, seed: int = 0) -> dict | None:
+    """Per-round ratios ``numerator[i] / denominator[i]`` of two interleaved variants: their median (the figure),
+    min and max, and a percentile-bootstrap 95% interval of the median (``resamples`` draws of the rounds with
+    replacement, a fixed seed so a file is reproducible from its times). Pairing by round cancels the drift that
+    both variants of a round share, which an interval over two separate medians would count as noise."""
+    ratios = [a / b for a, b in zip(numerator, denominator) if b > 0]
+    if not ratios:
+        return None
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    lo, hi = medians[int(0.025 * (resamples - 1))], medians[int(round(0.975 * (resamples - 1)))]
+    return {"median": statistics.median(ratios), "lo": lo, "hi": hi, "min": min(ratios), "max": max(ratios), "n": len(ratios)}
 
 
 def matmul_peak(size: int | None = None, repeats: int = 10) -> float:

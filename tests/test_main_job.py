@@ -137,3 +137,22 @@ def test_cli_trials_and_windows_fill_every_task(tmp_path):
     assert chosen["lines"]["trials"] == chosen["kv"]["trials"] == chosen["passkey_ppl"]["trials"] == 3
     assert chosen["ruler"]["samples"] == 3 and chosen["ppl"]["windows"] == 2 and chosen["entropy"]["documents"] == 2
     assert _tasks("passkey", None) == {"passkey": {}}  # eval without --trials: the task's own default
+
+
+def test_conclusions_say_what_the_pass_key_shows():
+    from ropekit.studies.compare import DEFAULT_TASKS, TRAIN_EABF, conclusions
+
+    assert list(DEFAULT_TASKS) == ["passkey_ppl"]  # the main job: one forward per method and length
+
+    def run(label, method, scores):
+        return {"label": label, "method": method, "native_length": 8192,
+                "results": {"passkey_ppl": {str(n): {"score": s} for n, s in scores.items()}}}
+
+    results = {"lengths": [4096, 12288], "tasks": {"passkey_ppl": {}},
+               "runs": [run("none", None, {4096: 100.0, 12288: 0.0}), run("yarn", "yarn", {4096: 100.0, 12288: 100.0}),
+                        run("eabf", "eabf", {4096: 100.0, 12288: 0.0}), run("ckpt", None, {4096: 100.0, 12288: 0.0})]}
+    lines = conclusions(results)
+    assert lines[0] == "none: does not retrieve the pass key beyond its 8K window (12K)"
+    assert lines[1] == "yarn: retrieves the pass key beyond its 8K window (12K)"
+    assert lines[2].startswith("eabf: does not retrieve") and lines[2].endswith(TRAIN_EABF)
+    assert "train" not in lines[3]  # a checkpoint evaluated as loaded is not called untrained
