@@ -56,3 +56,23 @@ def test_cli_extend_checkpoint_round_trip(tmp_path, smollm2):
     ids = torch.randint(0, 1000, (1, 300))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, reference(ids).logits)
+
+
+def test_the_check_flags_a_damaged_smollm2_and_keeps_an_unchanged_one(smollm2, tmp_path):
+    """Deterministic noise on every weight matrix (σ = 10% of each matrix's own scale) must show as a regression inside
+    the window; the unchanged model against itself must not."""
+    from ropekit.eval.check import check_models
+
+    model, tokenizer = smollm2
+    damaged = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in damaged.parameters():
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape, generator=generator) * 0.1 * p.std())
+    ropekit.save_model(damaged, tokenizer, tmp_path / "damaged")
+    bad = check_models("smollm2-135m", tmp_path / "damaged", windows=2, trials=6, device="cpu")
+    good = check_models("smollm2-135m", "smollm2-135m", windows=2, trials=6, device="cpu")
+    assert bad["verdict"] == "regressed", bad["rows"]
+    assert good["verdict"] == "kept" and good["rows"][0]["ppl_before"] == good["rows"][0]["ppl_after"]
+    assert good["rows"][0]["passkey_before"] == 6  # the original finds every in-window key

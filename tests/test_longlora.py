@@ -434,7 +434,7 @@ def train_options(workspace, out, **kw):
 
     base = dict(model=str(workspace / "model"), target_length=256, output=str(out), recipe="longlora", data=str(workspace / "doc.txt"),
                 device="cpu", progress=False, learning_rate=3e-3, batch_size=2, micro_batch_size=2, max_steps=3, warmup_steps=0,
-                save_steps=100, s2_min_length=0)
+                save_steps=100, s2_min_length=0, check=False)
     return ropekit.training.api.TrainOptions(**{**base, **kw})
 
 

@@ -354,7 +354,7 @@ def recipe_options(workspace, out, **kw):
 
     base = dict(model=str(workspace / "model"), target_length=512, output=str(out), recipe="longrecipe", data=str(workspace / "doc.jsonl"),
                 replay_data=str(workspace / "chat.jsonl"), device="cpu", progress=False, learning_rate=2e-3, batch_size=2, max_steps=2,
-                save_steps=1)
+                save_steps=1, check=False)
     return TrainOptions(**{**base, **kw})
 
 

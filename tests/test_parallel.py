@@ -142,7 +142,7 @@ CASES = {  # the same global batch of 2: one process with micro batch 2, or 2 pr
 
 def case_options(workspace, out, case, **kw) -> dict:
     base = dict(model=str(workspace / "model"), target_length=512, output=str(out), batch_size=2, max_steps=4, save_steps=100,
-                device="cpu", progress=False)
+                device="cpu", progress=False, check=False)
     options = {**base, **CASES[case], **kw}
     options["data"] = str(workspace / options["data"])
     return options

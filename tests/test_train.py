@@ -30,7 +30,7 @@ def workspace(tmp_path_factory):
 
 def options(workspace, out, **kw):
     base = dict(model=str(workspace / "model"), target_length=512, output=str(out), recipe="smoke", data=str(workspace / "chat.jsonl"),
-                device="cpu", progress=False, learning_rate=3e-3, batch_size=2, max_steps=8, save_steps=100)
+                device="cpu", progress=False, learning_rate=3e-3, batch_size=2, max_steps=8, save_steps=100, check=False)
     return TrainOptions(**{**base, **kw})
 
 

@@ -324,7 +324,12 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
           replay_data: Optional[str] = typer.Option(None, help="longrecipe stage 1 data (default: synthetic conversations)"),
           replay_length: Optional[str] = typer.Option(None, help="longrecipe stage 1 tokens per sample (default: native length)"),
           replay_steps: Optional[int] = typer.Option(None, help="longrecipe stage 1 steps (default: the paper's 68/240 of stage 0's tokens)"),
-          merge_weight: float = typer.Option(0.5, help="longrecipe merge: w·replayed + (1 − w)·original")):
+          merge_weight: float = typer.Option(0.5, help="longrecipe merge: w·replayed + (1 − w)·original"),
+          check: bool = typer.Option(True, help="after training, compare the trained model with the one it started from "
+                                     "(held-out text perplexity and pass key inside the native window)"),
+          check_text: str = typer.Option("paradise_lost", help="held-out text for the check: paradise_lost, or a file the training never saw"),
+          check_lengths: Optional[str] = typer.Option(None, help="further lengths for the check, e.g. 32k (comma-separated)"),
+          fail_on_regression: bool = typer.Option(False, help="exit with status 1 when the check finds a regression")):
     """Extend a model and fine-tune it (full or LoRA), with CREAM/PoSE/RandPos/LongRecipe position strategies, on one
     CPU, one GPU, or many with `accelerate launch`. The output directory is a checkpoint `ropekit.load_model` restores.
     `--recipe longrecipe` runs three stages into OUT/stage0, OUT/stage1 and the merged model in OUT."""
@@ -342,7 +347,8 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
         gradient_checkpointing=gradient_checkpointing, chunked_loss=chunked_loss, tile_mlp=tile_mlp,
         offload_activations=offload_activations, liger=liger, precision=precision, attn_implementation=attn_implementation,
         seed=seed, save_steps=save_steps, resume=resume, overwrite=overwrite, device=device, replay_data=replay_data,
-        replay_length=replay_length, replay_steps=replay_steps, merge_weight=merge_weight))
+        replay_length=replay_length, replay_steps=replay_steps, merge_weight=merge_weight, check=check, check_text=check_text,
+        check_lengths=tuple(n for n in (check_lengths or "").split(",") if n.strip())))
     close_process_group()
     if not summary["main_process"]:
         return
@@ -356,6 +362,47 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
         console.print(f"longrecipe: stage0 (extension) and stage1 ({summary['replay_steps']} replay steps, final loss "
                       f"{summary['replay_final_loss']:.4f}) in {output}/stage0, /stage1; merged with weight {summary['merge_weight']} "
                       f"into {output}", highlight=False)
+    _check_verdict(summary.get("check"), fail_on_regression)
+
+
+def _check_verdict(result: dict | None, fail_on_regression: bool, quiet: bool = False) -> None:
+    if result is None:
+        return
+    if result["verdict"] == "kept":
+        if quiet:
+            return
+        say("kept", "the trained model is within the check's bounds inside its native window")
+        return
+    say("REGRESSED:", "; ".join(result["regressions"]), "bold red", err=True)
+    if fail_on_regression:
+        raise typer.Exit(1)
+
+
+@app.command("check")
+@friendly
+def check_command(base: str = typer.Argument(..., help="the model before: directory, .gguf, hub id or smollm2-135m"),
+                  trained: str = typer.Argument(..., help="the model after (a checkpoint directory)"),
+                  lengths: Optional[str] = typer.Option(None, help="further lengths to compare, e.g. 16k,32k"),
+                  text: str = typer.Option("paradise_lost", help="held-out text: paradise_lost, or a file"),
+                  length: str = typer.Option("1k", help="the in-window length (capped at the native window)"),
+                  windows: int = typer.Option(4, min=1, help="text windows per length"),
+                  trials: int = typer.Option(10, min=1, help="pass keys per length"),
+                  device: str = typer.Option("auto", help="auto, cpu, cuda"),
+                  as_json: bool = typer.Option(False, "--json", help="print the check as JSON"),
+                  fail_on_regression: bool = typer.Option(False, help="exit with status 1 when the trained model regressed")):
+    """Did fine-tuning keep the model? Perplexity of held-out text and pass keys, inside the native window (and at
+    --lengths), for both models on the same seeded items; a regression is perplexity up > 10% or pass keys down by
+    more than their binomial noise."""
+    from .eval.check import check_models, table_lines
+
+    result = check_models(base, trained, lengths=[n for n in (lengths or "").split(",") if n.strip()], text=text, length=length,
+                          windows=windows, trials=trials, device=device)
+    if as_json:
+        _json_out(result)
+    else:
+        for line in table_lines(result):
+            console.print(line, highlight=False)
+    _check_verdict(result, fail_on_regression, quiet=as_json)
 
 
 @app.command()

@@ -246,7 +246,8 @@ def run_slice(preset: Preset, part: Slice, directory: Path, device: str = "auto"
         target_dir = directory / "runs" / run.label
         if not run.train or (target_dir / "training_summary.json").exists():
             continue
-        options = {**preset.common, **run.options}
+        # the study evaluates every row itself, in its own protocol: no before/after check inside the training run
+        options = {"check": False, **preset.common, **run.options}
         # an interrupted run continues: its checkpoints, or LongRecipe's started stages (OUT/stage0/checkpoint-*, …)
         resume = any(target_dir.glob("checkpoint-*")) or (run.recipe == "longrecipe" and (target_dir / "stage0").is_dir())
         train(TrainOptions(model=preset.model, method=run.method, target_length=run.target, output=target_dir, recipe=run.recipe,

@@ -83,6 +83,10 @@ class TrainOptions:
     overwrite: bool = False
     device: str = "auto"
     progress: bool = True
+    # the before/after check at the end of the run (ropekit.eval.check): held-out text, pass key, inside the window
+    check: bool = True
+    check_text: str = "paradise_lost"  # a named corpus or a file the training never saw
+    check_lengths: tuple = ()  # further lengths to compare (e.g. the target)
     # recipe "longrecipe" only (ropekit.training.longrecipe): stage 1 replay data, length and steps, stage 2 merge weight
     replay_data: str | None = None  # None: synthetic conversations
     replay_length: int | str | None = None  # None: the native length
