@@ -234,3 +234,21 @@ def test_mix_recipe_gives_half_conversations_half_text_with_loss_on_every_token(
     assert "3 Shakespeare text windows" in report.source
     assert len((tmp_path / "run" / "synthetic_text.jsonl").read_text().splitlines()) == 3
     assert len((tmp_path / "run" / "synthetic_data.jsonl").read_text().splitlines()) == 3
+
+
+def test_mix_text_share_sets_how_many_samples_are_plain_text(tmp_path, monkeypatch):
+    """--text-share 0.75 of 8 samples: 6 plain-text windows and 2 conversations; a share outside [0, 1) is refused."""
+    import ropekit
+    import ropekit.training.synthetic as synthetic
+    from ropekit.training.stage import TrainOptions, prepare_rows
+    from ropekit.training.recipes import get_recipe
+
+    tokenizer = tiny_tokenizer()
+    filler = tokenizer("\n".join(f"Line {i} of some public-domain filler text." for i in range(800)), add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(synthetic, "text_tokens", lambda tok, source="shakespeare", min_tokens=0: filler * (min_tokens // len(filler) + 1))
+    options = TrainOptions(model="tiny", output=tmp_path / "run", samples=8, text_share=0.75, pack=False, min_tokens=0)
+    rows, report = prepare_rows(options, get_recipe("eabf-mix"), tokenizer, "contiguous", 600)
+    assert "6 Shakespeare text windows" in report.source
+    assert len((tmp_path / "run" / "synthetic_data.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(ropekit.RopekitError, match="text share 1.0 is outside"):
+        prepare_rows(TrainOptions(model="tiny", output=tmp_path / "bad", samples=8, text_share=1.0), get_recipe("eabf-mix"), tokenizer, "contiguous", 600)

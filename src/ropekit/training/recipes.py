@@ -32,6 +32,7 @@ class Recipe:
     max_grad_norm: float
     samples: int  # default number of synthetic conversations when no data is given
     min_tokens_fraction: float  # chat data: drop conversations shorter than this fraction of the training length
+    text_share: float = 0.5  # "mix" data: the share of the samples that are plain-text windows
     attention: str = "full"  # "s2": LongLoRA's shifted sparse attention during training
     lora_r: int = 0  # 0: full fine-tuning
     lora_alpha: int | None = None

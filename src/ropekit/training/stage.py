@@ -50,6 +50,7 @@ class TrainOptions:
     method_params: dict = field(default_factory=dict)
     train_length: int | str | None = None
     samples: int | None = None  # synthetic conversations, or a cap on examples
+    text_share: float | None = None  # "mix" data: the share of samples that are plain-text windows (None: the recipe's)
     min_tokens: int | None = None  # EABF preparation: drop conversations shorter than this
     pack: bool = True
     learning_rate: float | None = None
@@ -128,7 +129,10 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
             from .synthetic import synthetic_conversations, text_windows
 
             count = options.samples or recipe.samples
-            texts = count // 2 if recipe.data == "mix" else 0
+            share = recipe.text_share if options.text_share is None else options.text_share
+            if not 0 <= share < 1:
+                raise RopekitError(f"text share {share} is outside [0, 1)", "pass e.g. --text-share 0.5 (half the samples plain text)")
+            texts = round(count * share) if recipe.data == "mix" else 0
             rows = synthetic_conversations(tokenizer, count - texts, max_tokens=train_length, min_tokens=round(0.7 * train_length), seed=options.seed)
             examples, report = load_rows(rows, tokenizer, f"synthetic conversations (seed {options.seed}, saved as synthetic_data.jsonl)")
             saved = {"synthetic_data.jsonl": rows}
