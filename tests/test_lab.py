@@ -24,7 +24,7 @@ def small_texts(monkeypatch):
     tokenizer = lab.lab_tokenizer()
     texts = {split: torch.tensor(tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.uint8)
              for split, text in (("train", TRAIN_TEXT), ("eval", EVAL_TEXT))}
-    monkeypatch.setattr(lab, "_TEXT_CACHE", texts)
+    monkeypatch.setattr(lab.data, "_TEXT_CACHE", texts)  # patched where it lives
     return texts
 
 
@@ -172,7 +172,7 @@ def test_tiny_lab_end_to_end_resumes(tmp_path, monkeypatch, small_texts):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(ropekit.training.trainer, "RopekitTrainer", RecordingTrainer)
-    monkeypatch.setattr(lab, "ROWS", (*lab.ROWS, lab.Row("pose-added", "linear", "native", strategy="pose", trainer={"marker": {"added"}})))
+    monkeypatch.setattr(lab.rows, "ROWS", (*lab.ROWS, lab.Row("pose-added", "linear", "native", strategy="pose", trainer={"marker": {"added"}})))
     text = tmp_path / "text.txt"
     text.write_text(EVAL_TEXT * 4)
     quick = lab.BUDGETS["quick"]
@@ -213,7 +213,7 @@ def test_lab_tasks_refuse_other_tokenizers():
 def test_quick_lab_pretrains_a_retriever_that_extension_rescues(tmp_path, monkeypatch):
     """``ropekit lab --quick`` from an empty cache: the model must retrieve in its window, collapse at 4× without
     extension, and at least one method that never saw a 4×-long sequence must retrieve ≥ 80% at 4×."""
-    monkeypatch.setattr(lab, "pretrained_dir", lambda budget, shape, seed: tmp_path / "pretrained")  # a fresh pre-training
+    monkeypatch.setattr(lab.rows, "pretrained_dir", lambda budget, shape, seed: tmp_path / "pretrained")  # a fresh pre-training
     results = lab.lab(tmp_path / "lab", quick=True, progress=False)
     passkey = {r["label"]: r["results"]["lab-passkey"] for r in results["runs"]}
     summary = {label: (cells["128"]["score"], cells["512"]["score"], cells["512"]["far"]) for label, cells in passkey.items()}
@@ -251,10 +251,10 @@ def test_cli_lists_rows_and_refuses_bad_input_in_one_line(monkeypatch, tmp_path)
 
     from ropekit.cli import app
 
-    monkeypatch.setattr(lab, "ROWS", (*lab.ROWS, lab.Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}})))
+    monkeypatch.setattr(lab.rows, "ROWS", (*lab.ROWS, lab.Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}})))
     runner = CliRunner()
     listed = runner.invoke(app, ["lab", "--list"])
-    assert listed.exit_code == 0 and len(listed.output.splitlines()) == len(lab.ROWS)
+    assert listed.exit_code == 0 and len(listed.output.splitlines()) == len(lab.rows.ROWS)
     assert "longlora-pi" in listed.output and "cream-yarn" in listed.output
     for args, message in ((["--seeds", "0,x"], "is not a list of integers"), (["--rows", "none,nope"], "no row 'nope'")):
         result = runner.invoke(app, ["lab", "--output", str(tmp_path / "out"), *args])

@@ -1,0 +1,94 @@
+"""``ropekit lab``: every method's claim tested end to end on a CPU — a small RoPE model trained from scratch at a
+short native window, then extended 4× with every method under one budget and evaluated at 1×–16×.
+
+Length-generalisation research answers "does this position scheme work beyond the window?" with small models trained
+from scratch on tasks that need long-range retrieval (Ruoss et al. 2023 randomized positions; PoSE's and CREAM's own
+ablations). The lab does the same with ropekit's own pieces, so it also checks them end to end:
+
+1. **Pre-train** (cached under ``$ROPEKIT_CACHE/lab``): a 2-layer Llama (:class:`Shape`) learns a character-level
+   mix of natural text (Shakespeare), pass-key sequences and key–value sequences at a native window of 128 tokens,
+   on the transformers ``Trainer`` through ropekit's training components (:class:`ropekit.training.trainer.TrainingSet`,
+   :class:`~ropekit.training.trainer.RopekitTrainer`, :class:`~ropekit.training.trainer.LossLog`). A second run loads the cache.
+2. **Extend** the pre-trained model to 4× with every row of :data:`ROWS` — training-free, fine-tuned at 4×, or
+   trained at the native window with a position strategy (CREAM, PoSE, RandPos) — through :func:`ropekit.extend`
+   and the same training components; every trained row gets the same number of tokens and optimizer steps.
+3. **Evaluate** every row with the task registry and the resumable runner (:func:`ropekit.eval.runner.evaluate`) at
+   1×, 2×, 4×, 8× and 16× the native window — pass key, key–value retrieval by depth (the middle third reported
+   apart) and perplexity — and render the usual report; ``lab.md`` checks the papers' claims against the numbers.
+
+**Tokenizer and tasks.** A model this small does not transfer to a prompt format it never saw, so the lab has its
+own character-level tokenizer (:func:`lab_tokenizer`: lower-case letters, punctuation, digits, 26 key symbols
+``<A>``–``<Z>`` and marker tokens) and its own two retrieval tasks, registered in the evaluation task registry as
+``lab-passkey`` and ``lab-kv``. Training sequences and evaluation prompts share these templates:
+
+* pass key — ``<s> haystack… <key> d1..dk …haystack <query> <answer> d1..dk`` (k = 1–5 digits, distinct);
+* key–value — ``<s> haystack… <K1> value1 …haystack… <K9> value9 …haystack <query> <Kg> <answer> value_g``
+  (values of 1–4 distinct digits; pairs at evenly spaced depths, the asked pair's depth is reported);
+
+where the haystack is one random phrase of 8–24 characters repeated (the shape of the usual "the grass is green"
+filler). What never matches between training and evaluation:
+
+* **values**: training keys and values have an even digit sum, evaluation ones an odd digit sum, so no evaluation
+  answer ever occurs as a training answer;
+* **fillers**: training phrases and text come from Shakespeare, evaluation phrases and the perplexity text from
+  Milton's *Paradise Lost* (digits removed from both);
+* **seeds**: training rows draw from ``random.Random("lab-train-…")``, evaluation items from ``"lab-eval-…"``.
+
+The perplexity task is the suite's ``ppl`` (last 64 tokens of windows of *Paradise Lost*).
+
+**Adding a row** is one line in :data:`ROWS` (label, method, arm, strategy, options); the budget, caching,
+evaluation, report, ``--list`` and claim tables pick it up. Options reach the pieces they belong to: ``params`` →
+:func:`ropekit.extend`, ``strategy_params`` → the position strategy, ``dataset`` → :class:`~ropekit.training.trainer.TrainingSet`,
+``trainer`` → :class:`~ropekit.training.trainer.RopekitTrainer`. For example, the rows for LongRecipe's sentence-gapped
+positions and LongLoRA's shifted sparse attention (``ropekit train --attention s2``) are::
+
+    Row("longrecipe-pi", "linear", "native", strategy="longrecipe", dataset={"sentence_ends": SENTENCE_END_IDS}),
+    Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}}),
+
+**Rooms.** The package is split by what each part does; imports point one way, data → tasks → model → rows → claims
+→ run, and this ``__init__`` re-exports the public names (``from ropekit.studies.lab import lab, ROWS, Shape, …``;
+the old path ``ropekit.lab`` is this same package, see :mod:`ropekit._moved`):
+
+* :mod:`~ropekit.studies.lab.data` — vocabulary and tokenizer, the texts, value draws, the sequence generators,
+  :class:`Mix` and :class:`LabSequences`;
+* :mod:`~ropekit.studies.lab.tasks` — the ``lab-passkey`` and ``lab-kv`` evaluation tasks (registered on import);
+* :mod:`~ropekit.studies.lab.model` — :class:`Shape`, the loss, :class:`Schedule`, :func:`train_lab`,
+  :class:`LearningCurve`;
+* :mod:`~ropekit.studies.lab.rows` — the row table, the budgets, pre-training, one row's training, one seed's run,
+  :func:`combine`;
+* :mod:`~ropekit.studies.lab.claims` — the claims checked against the numbers, ``lab.md``;
+* :mod:`~ropekit.studies.lab.run` — :func:`lab`, the whole lab top to bottom;
+* :mod:`~ropekit.studies.lab.verdicts` — paired verdicts (A vs B on the same items, over seeds); standalone, not yet
+  used by the claims.
+
+A test that patches a lab internal patches the module that owns it (``ropekit.studies.lab.rows.ROWS``, not the
+re-export here).
+"""
+
+from .claims import PPL_TOLERANCE, claim_checks, compare, lab_markdown
+from .data import (ANSWER, BOS, CHARACTERS, DIGIT_IDS, DIGITS, EOS, KEY, KEY_IDS, KEY_SYMBOLS, PAD, QUERY, SENTENCE_END_IDS,
+                   SPECIAL, TEXT_SOURCES, UNK, VOCABULARY, LabSequences, Mix, check_lab_tokenizer, draw_value, haystack,
+                   kv_sequence, lab_text, lab_tokenizer, passkey_sequence, place, text_sequence)
+from .model import LearningCurve, Schedule, Shape, answer_weighted_loss, lab_model, stack_rows, train_lab
+from .rows import (ARMS, BUDGETS, DATA_VERSION, EABF, ROWS, Budget, Row, combine, get_rows, pretrain, pretrained_dir,
+                   run_seed, train_row)
+from .run import lab
+from .tasks import middle_third, run_lab_kv, run_lab_passkey
+
+__all__ = [
+    # data
+    "SPECIAL", "KEY_SYMBOLS", "DIGITS", "CHARACTERS", "VOCABULARY", "PAD", "BOS", "EOS", "UNK", "KEY", "QUERY", "ANSWER",
+    "KEY_IDS", "DIGIT_IDS", "SENTENCE_END_IDS", "TEXT_SOURCES", "lab_tokenizer", "check_lab_tokenizer", "lab_text",
+    "draw_value", "haystack", "place", "passkey_sequence", "kv_sequence", "text_sequence", "Mix", "LabSequences",
+    # tasks
+    "run_lab_passkey", "run_lab_kv", "middle_third",
+    # model
+    "Shape", "lab_model", "answer_weighted_loss", "stack_rows", "Schedule", "train_lab", "LearningCurve",
+    # rows
+    "Row", "ARMS", "EABF", "ROWS", "get_rows", "Budget", "BUDGETS", "DATA_VERSION", "pretrained_dir", "pretrain",
+    "train_row", "run_seed", "combine",
+    # claims
+    "PPL_TOLERANCE", "compare", "claim_checks", "lab_markdown",
+    # run
+    "lab",
+]

@@ -1,0 +1,286 @@
+"""The lab's rows and how one seed of the lab runs: the row table (:class:`Row`, :data:`ROWS`, :data:`ARMS`,
+:func:`get_rows`), the budgets (:class:`Budget`, :data:`BUDGETS`), the cached pre-training (:func:`pretrained_dir`,
+:func:`pretrain`), one row's extension and training (:func:`train_row`), one pre-training seed end to end
+(:func:`run_seed`: pre-train → train every row → evaluate → report) and several seeds merged into one results dict
+(:func:`combine`).
+
+**Adding a row** is one line in :data:`ROWS` (label, method, arm, strategy, options); see the package docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ...errors import RopekitError
+from .data import SENTENCE_END_IDS, TEXT_SOURCES, VOCABULARY, lab_tokenizer
+from .model import LearningCurve, Schedule, Shape, lab_model, train_lab
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The rows: every method under one budget, one line per row (label, method, arm, strategy, options).
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the lab table.
+
+    ``arm``: ``free`` (training-free: the method applied to the pre-trained model), ``target`` (the method applied,
+    then fine-tuned on sequences of the target length, 4× native) or ``native`` (the method applied, then trained on
+    native-length sequences whose position ids ``strategy`` spreads over the target). ``params``: method parameters;
+    ``strategy_params``: position-strategy parameters; ``trainer`` / ``dataset``: extra
+    :class:`~ropekit.training.trainer.RopekitTrainer` / :class:`~ropekit.training.trainer.TrainingSet` arguments (e.g. a
+    training-time attention, or the sentence ends :data:`SENTENCE_END_IDS` a strategy needs)."""
+
+    label: str
+    method: str
+    arm: str
+    strategy: str = "contiguous"
+    params: dict = field(default_factory=dict)
+    strategy_params: dict = field(default_factory=dict)
+    trainer: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+
+
+ARMS = {"free": "training-free", "target": "fine-tuned at 4×", "native": "trained at the native window"}
+EABF = {"layers": "all"}  # the lab model has 2 layers: the paper's layers ≥ 2 would leave EABF = ABF (the reference code scales all)
+
+ROWS = (
+    Row("none", "none", "free"),
+    Row("dynamic", "dynamic", "free"),
+    Row("yarn", "yarn", "free"),
+    Row("eabf", "eabf", "free", params=EABF),
+    Row("self-extend", "self_extend", "free"),
+    Row("ft-control", "none", "target"),
+    Row("ft-pi", "linear", "target"),
+    Row("ft-yarn", "yarn", "target"),
+    Row("ft-abf", "abf", "target"),
+    Row("ft-eabf", "eabf", "target", params=EABF),
+    Row("cream-pi", "linear", "native", strategy="cream"),
+    Row("cream-yarn", "yarn", "native", strategy="cream"),
+    Row("pose-pi", "linear", "native", strategy="pose"),
+    Row("pose-yarn", "yarn", "native", strategy="pose"),
+    Row("randpos", "none", "native", strategy="randpos"),
+    # LongRecipe's stage 0 only (sentence-gapped positions; no replay or merge), beside pose-pi at the same budget
+    Row("longrecipe-pi", "linear", "native", strategy="longrecipe", dataset={"sentence_ends": SENTENCE_END_IDS}),
+    # LongLoRA's shifted sparse attention while training at 4× (full fine-tune here, no LoRA), beside ft-pi
+    Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}}),
+)
+
+
+def get_rows(labels: list[str] | None = None) -> list[Row]:
+    if not labels:
+        return list(ROWS)
+    by_label = {r.label: r for r in ROWS}
+    unknown = [label for label in labels if label not in by_label]
+    if unknown:
+        raise RopekitError(f"the lab has no row {unknown[0]!r}", f"choose from: {', '.join(by_label)}")
+    return [by_label[label] for label in labels]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one lab run costs: the pre-training, the extension budget every trained row gets (the same tokens and
+    optimizer steps: ``extend_steps`` × ``extend_tokens`` tokens, i.e. batch 8 at 4× or batch 32 at 1×), the
+    evaluation grid (multiples of the native window) and the evaluation sizes."""
+
+    name: str
+    pretrain: Schedule
+    extend_steps: int
+    extend_learning_rate: float = 5e-4
+    extend_warmup: int = 20
+    extend_tokens: int = 4096
+    factor: int = 4
+    multiples: tuple[int, ...] = (1, 2, 4, 8, 16)
+    tasks: dict = field(default_factory=dict)
+    rows: tuple[str, ...] | None = None  # None: every row of ROWS
+    curve_every: int = 500
+
+    def extend_schedule(self, length: int) -> Schedule:
+        return Schedule(self.extend_steps, self.extend_tokens // length, length, self.extend_learning_rate, self.extend_warmup,
+                        mix=self.pretrain.mix)
+
+
+_PRETRAIN = Schedule(steps=3000, batch=32, length=128, learning_rate=2e-3, warmup=100)
+BUDGETS = {
+    "default": Budget("default", _PRETRAIN, extend_steps=200,
+                      tasks={"lab-passkey": {"trials": 100, "batch_size": 10}, "lab-kv": {"trials": 12, "batch_size": 12},
+                             "ppl": {"windows": 32, "tail": 64}}),
+    "quick": Budget("quick", replace(_PRETRAIN, steps=1000), extend_steps=60, multiples=(1, 2, 4),
+                    tasks={"lab-passkey": {"trials": 50, "batch_size": 10}, "lab-kv": {"trials": 4, "batch_size": 12},
+                           "ppl": {"windows": 8, "tail": 64}},
+                    rows=("none", "dynamic", "yarn", "self-extend", "cream-yarn"), curve_every=250),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The recipe, top to bottom
+
+
+DATA_VERSION = 3  # bump when the generators change what a training row holds: cached pre-trainings are then redone
+
+
+def pretrained_dir(budget: Budget, shape: Shape, seed: int) -> Path:
+    """Where the pre-trained model of (budget, shape, seed) is cached: ``$ROPEKIT_CACHE/lab/<budget>-seed<k>-<hash>``.
+    The hash covers everything that changes the weights, so a changed recipe never reuses a stale model."""
+    from ...version import __version__
+    from ...embedded import cache_dir
+
+    recipe = {"shape": asdict(shape), "schedule": asdict(budget.pretrain), "vocabulary": VOCABULARY, "seed": seed,
+              "text": TEXT_SOURCES, "data": DATA_VERSION, "ropekit": __version__, "torch": torch.__version__}
+    stamp = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return cache_dir() / "lab" / f"{budget.name}-seed{seed}-{stamp}"
+
+
+def pretrain(budget: Budget, shape: Shape = Shape(), seed: int = 0, progress: bool = True) -> Path:
+    """Pre-train the lab model (or find it in the cache); returns its directory (a checkpoint ``ropekit.load_model``
+    loads, with the lab tokenizer). An interrupted pre-training resumes from its last checkpoint."""
+    out = pretrained_dir(budget, shape, seed)
+    if (out / "lab_pretrain.json").is_file():
+        return out
+    _say(progress, f"lab: pre-training seed {seed} ({budget.pretrain.steps} steps) into {out}")
+    tokenizer = lab_tokenizer()
+    model = lab_model(shape, seed)
+    curve = LearningCurve(tokenizer, shape.native, budget.curve_every, pairs=budget.tasks.get("lab-kv", {}).get("pairs", 9),
+                          path=out / "lab_pretrain_progress.json")
+    summary = train_lab(model, tokenizer, replace(budget.pretrain, length=shape.native), out, seed,
+                        callbacks=[curve], save_steps=500, progress=progress)
+    summary.update({"shape": asdict(shape), "parameters": sum(p.numel() for p in model.parameters()), "seed": seed,
+                    "learning_curve": curve.rows, "threads": torch.get_num_threads(), "cost": curve.spent()})
+    (out / "lab_pretrain.json").write_text(json.dumps(summary, indent=1))
+    return out
+
+
+def _cost(started: float, cpu: float) -> dict:
+    """Wall and CPU (user+sys of this process, all threads) seconds since ``started`` / ``cpu``."""
+    return {"seconds": round(time.time() - started, 1), "cpu_seconds": round(time.process_time() - cpu, 1)}
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
+
+def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progress: bool = True) -> Path:
+    """Extend the pre-trained model with ``row.method`` at 4× and train it under the row's arm; skipped when
+    ``out`` already holds this row trained from this pre-trained model (else it is trained afresh)."""
+    from ...extension import extend
+    from ...models import load_model
+
+    done = out / "lab_row.json"
+    if done.is_file():
+        kept = json.loads(done.read_text())
+        if kept.get("base") == str(base) and kept.get("row") == _as_json(asdict(row)):  # compared as written (sets become lists)
+            return out
+    if out.exists():
+        shutil.rmtree(out)
+    _say(progress, f"lab: {row.label}: {row.method} at {budget.factor}×, {ARMS[row.arm]}" + (f" ({row.strategy})" if row.strategy != "contiguous" else ""))
+    started, cpu = time.time(), time.process_time()
+    model, tokenizer = load_model(base, device="cpu" if not torch.cuda.is_available() else "auto", dtype="float32")
+    native = model.config.max_position_embeddings
+    target = budget.factor * native
+    extend(model, row.method, target_length=target, **row.params)
+    length = target if row.arm == "target" else native
+    summary = train_lab(model, tokenizer, budget.extend_schedule(length), out, seed, strategy=row.strategy, target_length=target,
+                        strategy_params=row.strategy_params, trainer=row.trainer, dataset=row.dataset, progress=progress)
+    record = {"row": asdict(row), "base": str(base), **summary, "cost": _cost(started, cpu)}
+    (out / "lab_row.json").write_text(json.dumps(record, indent=1, default=_json_default))
+    return out
+
+
+def _json_default(value):
+    return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+
+
+def _as_json(value):
+    """``value`` as it reads back from ``lab_row.json``."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def run_seed(budget: Budget, rows: list[Row], seed: int, out: Path, device: str = "auto", progress: bool = True,
+             shape: Shape = Shape()) -> dict:
+    """One complete lab for one pre-training seed: pre-train (cached) → train every trained row → evaluate every
+    row (resumable) → report. Returns the results dict, with the lab's timings under ``results["lab"]``."""
+    from ...eval.runner import RunSpec, evaluate
+    from ..report import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = pretrain(budget, shape, seed, progress)
+    # what each stage cost when it ran (a cached stage reports its original cost)
+    stages = {"pretrain": json.loads((base / "lab_pretrain.json").read_text())["cost"], "extend": {}}
+    target = budget.factor * shape.native
+    specs = []
+    for row in rows:
+        if row.arm == "free":
+            specs.append(RunSpec(str(base), None if row.method == "none" else row.method, dict(row.params), target, label=row.label))
+            continue
+        path = train_row(row, base, budget, out / "runs" / row.label, seed, progress)
+        stages["extend"][row.label] = json.loads((path / "lab_row.json").read_text())["cost"]
+        specs.append(RunSpec(str(path), label=row.label))
+    started, cpu = time.time(), time.process_time()
+    lengths = [m * shape.native for m in budget.multiples]
+    _say(progress, f"lab: evaluating {len(specs)} rows at {', '.join(map(str, lengths))} tokens")
+    results = evaluate(specs, budget.tasks, lengths, out, seed=0, device=device, kind="lab", progress=progress)
+    spent = out / "lab_evaluation_cost.json"  # evaluation resumes from its cache: the cost adds up over the calls
+    before = json.loads(spent.read_text()) if spent.is_file() else {"seconds": 0.0, "cpu_seconds": 0.0}
+    now = _cost(started, cpu)
+    stages["evaluate"] = {k: round(before[k] + now[k], 1) for k in now}
+    spent.write_text(json.dumps(stages["evaluate"]))
+    total = {k: round(stages["pretrain"][k] + sum(v[k] for v in stages["extend"].values()) + stages["evaluate"][k], 1) for k in now}
+    results["lab"] = {"budget": asdict(budget), "shape": asdict(shape), "pretrain_seed": seed, "pretrained": str(base),
+                      "pretrain_summary": json.loads((base / "lab_pretrain.json").read_text()),
+                      "rows": [asdict(r) for r in rows], "arms": {r.label: r.arm for r in rows}, "stages": stages, **total}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    render(out)
+    return results
+
+
+def combine(per_seed: list[dict]) -> dict:
+    """Results of several pre-training seeds → one results dict (same schema) whose scores are the seed means, with
+    ``seeds`` (the per-seed scores), ``min``/``max`` and the pooled ``n`` in every cell."""
+    first = per_seed[0]
+    runs = []
+    for index, run in enumerate(first["runs"]):
+        merged = {k: v for k, v in run.items() if k != "results"}
+        merged["results"] = {}
+        for task, by_length in run["results"].items():
+            merged["results"][task] = {}
+            for length in by_length:
+                cells = [r["runs"][index]["results"][task][length] for r in per_seed]
+                scores = [c["score"] for c in cells]
+                cell = {"score": sum(scores) / len(scores), "seeds": scores, "min": min(scores), "max": max(scores),
+                        "n": sum(c["n"] for c in cells)}
+                if "positions" in cells[0]:
+                    cell["positions"] = {p: sum(c["positions"][p] for c in cells) / len(cells) for p in cells[0]["positions"]}
+                if cells[0].get("far") is not None:
+                    counted = [c for c in cells if c.get("far") is not None]
+                    cell["far_n"] = sum(c["far_n"] for c in counted)
+                    cell["far"] = sum(c["far"] * c["far_n"] for c in counted) / max(cell["far_n"], 1)
+                    cell["far_seeds"] = [c["far"] for c in counted]
+                if "middle_third" in cells[0]:
+                    cell["middle_third"] = sum(c["middle_third"] for c in cells) / len(cells)
+                    cell["middle_seeds"] = [c["middle_third"] for c in cells]
+                    cell["middle_n"] = sum(c["middle_n"] for c in cells)
+                merged["results"][task][length] = cell
+        runs.append(merged)
+    combined = {k: v for k, v in first.items() if k not in ("runs", "lab", "path")}
+    combined.update({"runs": runs, "kind": f"lab (mean of {len(per_seed)} pre-training seeds)" if len(per_seed) > 1 else "lab",
+                     "seconds": round(sum(r["lab"]["seconds"] for r in per_seed), 1)})
+    combined["lab"] = {**{k: v for k, v in first["lab"].items() if k not in ("pretrain_seed", "pretrained", "pretrain_summary", "stages", "seconds", "cpu_seconds")},
+                       "seeds": [{"seed": r["lab"]["pretrain_seed"], "pretrained": r["lab"]["pretrained"], "stages": r["lab"]["stages"],
+                                  "seconds": r["lab"]["seconds"], "cpu_seconds": r["lab"]["cpu_seconds"],
+                                  "pretrain": {k: r["lab"]["pretrain_summary"].get(k) for k in ("steps", "seconds", "cpu_seconds", "parameters", "learning_curve", "threads")}}
+                                 for r in per_seed]}
+    return combined

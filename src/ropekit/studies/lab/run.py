@@ -1,0 +1,48 @@
+"""``ropekit lab`` top to bottom: :func:`lab` runs (or resumes) every pre-training seed
+(:func:`ropekit.studies.lab.rows.run_seed`), combines them, renders the report, checks the claims
+(:mod:`ropekit.studies.lab.claims`) and writes ``results.json`` and ``lab.md``. The last room: nothing in the lab
+imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ...errors import RopekitError
+from .claims import claim_checks, lab_markdown
+from .model import Shape
+from .rows import BUDGETS, combine, get_rows, run_seed
+
+
+def lab(output: str | Path = "ropekit-lab", quick: bool = False, seeds: tuple[int, ...] | list[int] = (0,), rows: list[str] | None = None,
+        device: str = "auto", progress: bool = True, shape: Shape = Shape()) -> dict:
+    """Run (or resume) the lab; returns the combined results, also written to ``output/results.json`` with the
+    report (``report.md``/``report.html``) and ``output/lab.md`` (tables with the spread over seeds, the papers'
+    claims checked). One directory per pre-training seed (``output/seed-<k>``) holds that seed's own results."""
+    budget = BUDGETS["quick" if quick else "default"]
+    chosen = get_rows(rows or list(budget.rows or []))
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise RopekitError("no seed given", "pass e.g. --seeds 0,1,2")
+    out = Path(output).expanduser()
+    previous = out / "lab.json"
+    if previous.is_file():
+        recorded = json.loads(previous.read_text())
+        if recorded.get("budget") != budget.name:
+            raise RopekitError(f"{out} holds a {recorded.get('budget')!r} lab, not a {budget.name!r} one",
+                               "choose another --output, or run with the same --quick setting to resume it")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "lab.json").write_text(json.dumps({"budget": budget.name, "seeds": seeds, "rows": [r.label for r in chosen]}))
+    per_seed = [run_seed(budget, chosen, seed, out / f"seed-{seed}", device, progress, shape) for seed in seeds]
+    combined = combine(per_seed)
+    from ..report import render
+
+    (out / "results.json").write_text(json.dumps(combined, indent=1, default=str))
+    render(out)
+    checks = claim_checks(combined)
+    combined["claims"] = checks
+    (out / "results.json").write_text(json.dumps(combined, indent=1, default=str))
+    (out / "lab.md").write_text(lab_markdown(combined, checks))
+    combined["path"] = str(out / "results.json")
+    return combined
