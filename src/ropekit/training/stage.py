@@ -51,6 +51,7 @@ class TrainOptions:
     train_length: int | str | None = None
     samples: int | None = None  # synthetic conversations, or a cap on examples
     text_share: float | None = None  # "mix" data: the share of samples that are plain-text windows (None: the recipe's)
+    distill: float | None = None  # weight of the in-window distillation term towards the starting model (None: the recipe's)
     min_tokens: int | None = None  # EABF preparation: drop conversations shorter than this
     pack: bool = True
     learning_rate: float | None = None
@@ -285,10 +286,20 @@ def train_stage(options: TrainOptions, callbacks: list | None = None) -> dict:
 
     log = LossLog(out / "training_log.jsonl")
     collator = partial(collate_padded, multiple=2 * context_parallel) if context_parallel > 1 else collate
-    use_liger = options.liger == "on" or (options.liger == "auto" and on_gpu and importlib.util.find_spec("liger_kernel") is not None)
+    distill_weight = recipe.distill if options.distill is None else options.distill
+    use_liger = options.liger == "on" or (options.liger == "auto" and not distill_weight and on_gpu and importlib.util.find_spec("liger_kernel") is not None)
     if use_liger:
         args.use_liger_kernel = True
     chunked = options.chunked_loss and not use_liger
+    distill = None
+    if distill_weight:  # the starting model, as loaded, teaches inside its window (ropekit.training.distill)
+        if not chunked or launch.sharding != "none" or context_parallel > 1:
+            raise RopekitError("--distill runs with the chunked loss on one process or DDP (its teacher is not sharded)",
+                               "drop --liger on / --no-chunked-loss, or launch without FSDP, ZeRO-3 and context parallelism")
+        from .distill import Distill
+
+        teacher, _ = load_model(options.model, device=options.device, dtype="float32", attn_implementation=options.attn_implementation)
+        distill = Distill(teacher, distill_weight, native, options.loss_chunk)
     if chunked:  # ask the model for hidden states instead of logits; the loss runs in chunks
         collator = partial(_with_hidden_states, collator)
     if options.tile_mlp:
@@ -297,7 +308,7 @@ def train_stage(options: TrainOptions, callbacks: list | None = None) -> dict:
     trainer = RopekitTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator, processing_class=tokenizer,
                              callbacks=[EpochCallback(dataset), log, *([stop] if stop else []), *(callbacks or [])],
                              compute_loss_func=make_chunked_loss(model, options.loss_chunk) if chunked else None,
-                             offload_activations=options.offload_activations, s2=s2)
+                             offload_activations=options.offload_activations, s2=s2, distill=distill)
     parallel = layout(trainer.accelerator)
     fallback = fallback_note(launch, parallel)
     _say([fallback] if fallback else [])
@@ -328,6 +339,7 @@ def train_stage(options: TrainOptions, callbacks: list | None = None) -> dict:
         "seconds": round(time.time() - started, 1), "precision": precision, "world_size": world,
         "main_process": trainer.is_world_process_zero(), "context_parallel": context_parallel,
         "parallel": {**parallel, "adjustments": launch_notes + ([fallback] if fallback else [])},
+        "distill": {"weight": distill_weight, "window": native, "last_term": distill.last} if distill else None,
         "memory": {"chunked_loss": chunked, "liger": use_liger, "tile_mlp": options.tile_mlp, "offload_activations": options.offload_activations},
         "attention": {"training": options.attention, **(s2 or {}),
                       "lora_plus": bool(options.lora_r and options.train_embeddings_and_norms)},

@@ -124,13 +124,16 @@ def collate(rows: list[dict]) -> dict:
 
 
 class RopekitTrainer(Trainer):
-    """The transformers Trainer, with saved activations optionally kept in CPU memory during each forward, and
-    LongLoRA's S²-Attn (``s2``: :class:`~ropekit.methods.s2_attention.S2Training` settings) open during each training step."""
+    """The transformers Trainer, with saved activations optionally kept in CPU memory during each forward,
+    LongLoRA's S²-Attn (``s2``: :class:`~ropekit.methods.s2_attention.S2Training` settings) open during each training
+    step, and an optional in-window distillation term towards the starting model (``distill``:
+    :class:`~ropekit.training.distill.Distill`)."""
 
-    def __init__(self, *args, offload_activations: bool = False, s2: dict | None = None, **kwargs):
+    def __init__(self, *args, offload_activations: bool = False, s2: dict | None = None, distill=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.offload_activations = offload_activations
         self.s2 = s2
+        self.distill = distill
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # forward and backward: gradient checkpointing re-runs the forward inside the backward
@@ -145,7 +148,19 @@ class RopekitTrainer(Trainer):
         from .memory import ActivationOffload
 
         with ActivationOffload(self.offload_activations):
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            if self.distill is None:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            inputs = {**inputs, "output_hidden_states": True}
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            term = self.distill.term(model, inputs, outputs)
+        # the task loss may already be a share of the accumulated batch (normalised by its item count); the term is a
+        # per-micro-batch mean, so it takes its share here — where the Trainer divides the whole loss, it does so itself
+        scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        if scaled and model.training:
+            term = term / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        self.distill.last = float(term.detach())
+        loss = loss + term
+        return (loss, outputs) if return_outputs else loss
 
 
 class EpochCallback(TrainerCallback):
