@@ -336,3 +336,16 @@ def test_main_job_smoke(tmp_path):
     assert data["ratio"] == pytest.approx(data["job_seconds"] / data["baseline_seconds"])
     assert {(r["method"], r["length"]) for r in data["rows"]} == {(m, n) for m in ("none", "yarn", "eabf") for n in (600, 900)}
     assert data["machine"]["fp32_gflops"] > 0
+
+
+def test_keep_the_model_smoke(tmp_path):
+    """benchmarks/keep_the_model.py on a tiny model: the starting model, the extended control and each arm scored on
+    the dev and test items, per-arm summaries and the docs table."""
+    module = importlib.import_module("keep_the_model")
+    path = tmp_path / "keep.json"
+    data = module.main(["--smoke", "--json", str(path), "--seeds", "0", "--arms", "paper-2e-4", "mix75-distill-2e-4"])
+    assert json.loads(path.read_text())["runs"].keys() == {"paper-2e-4/seed0", "mix75-distill-2e-4/seed0"}
+    assert set(data["before"]) == set(data["extended"]) == {"dev", "test"} and data["before"]["dev"]["ppl"] != data["before"]["test"]["ppl"]
+    assert data["runs"]["paper-2e-4/seed0"]["after"]["test"]["ppl"] != data["before"]["test"]["ppl"]  # training changed the model
+    table = module.table(data)
+    assert len(table) == 5 and table[2].startswith("| EABF applied, not trained") and "`mix75-distill-2e-4` | 1 |" in table[4]

@@ -87,3 +87,16 @@ def test_every_training_run_checks_itself_and_records_it(pair, tmp_path, capfd):
     info = CliRunner().invoke(app, ["info", str(tmp_path / "run"), "--json"])
     assert json.loads(info.stdout)["ropekit"]["check"]["rows"] == check["rows"]  # `ropekit info` shows it
     assert overlap(str(text), "something else entirely") == 0.0
+
+
+def test_the_warning_names_numbers_causes_and_the_fix():
+    from ropekit.eval.check import warning_line
+    from ropekit.training.recipes import get_recipe
+
+    kept = {"regressions": []}
+    assert warning_line(kept) is None
+    regressed = {"regressions": ["perplexity at 1K 103.2 → 216.6 (+110%, more than 10%)"]}
+    line = warning_line(regressed, get_recipe("eabf-paper"), 2e-4)
+    assert "103.2 → 216.6" in line and "loss on short answers only" in line and "high learning rate for that loss (0.0002)" in line
+    assert "--recipe eabf-keep" in line and "\n" not in line
+    assert "learning rate" not in warning_line(regressed, get_recipe("eabf-mix"), 2e-4)  # a lower rate kept less there

@@ -74,3 +74,13 @@ def test_distill_refuses_a_sharded_launch_in_one_line(workspace, tmp_path, monke
     with pytest.raises(ropekit.RopekitError, match="distill"):
         train(TrainOptions(model=str(workspace / "model"), method="eabf", target_length=4 * NATIVE, train_length=NATIVE, recipe="smoke",
                            data=str(workspace / "doc.txt"), device="cpu", progress=False, output=str(tmp_path / "x"), distill=1.0, check=False))
+
+
+def test_the_recipes_default_distillation_steps_aside_under_sharding(workspace, tmp_path, monkeypatch, capfd):
+    """eabf-keep distils by default; where the teacher cannot run (FSDP here) the run goes on without it and says so."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    summary = train(TrainOptions(model=str(workspace / "model"), target_length=4 * NATIVE, train_length=NATIVE, recipe="eabf-keep",
+                                 data=str(workspace / "doc.txt"), device="cpu", progress=False, output=str(tmp_path / "x"),
+                                 max_steps=1, batch_size=2, check=False))
+    assert summary["recipe"]["distill"] == 1.0 and summary["distill"] is None
+    assert "in-window distillation is off here" in capfd.readouterr().err

@@ -104,13 +104,16 @@ def test_gpu_preset_budget_is_matched():
 def test_gpu_preset_slices_cover_every_row_once():
     preset = study_module.get_preset("smollm2-64k")
     slices = study_module.preset_slices(preset)
-    assert [s.name for s in slices] == ["headline", "training-free", "self-extend", "finetuned-32k", "rest-64k"]  # none left over
+    assert [s.name for s in slices] == ["headline", "keep", "training-free", "self-extend", "finetuned-32k", "rest-64k"]  # none left over
     listed = [label for s in slices for label in s.labels]
     assert sorted(listed) == sorted(r.label for r in preset.runs)  # each row in exactly one slice
     headline = study_module.get_slice(preset, "headline")
     assert headline.labels == ("eabf-32k", "eabf-mix-32k", "cream-yarn-64k", "none", "eabf-free") and headline.lengths == (16384, 32768, 65536)
     assert headline.task_lengths == {"ppl": (4096, 8192, 16384, 32768, 65536)}  # the original's in-window perplexity, same protocol
     assert rows_by_label(preset)["eabf-mix-32k"].options == rows_by_label(preset)["eabf-32k"].options  # only the data differs
+    keep = study_module.get_slice(preset, "keep")  # the chosen recipe in the headline's protocol, same budget
+    assert keep.labels == ("eabf-keep-32k",) and (keep.lengths, keep.tasks, keep.task_lengths) == (headline.lengths, headline.tasks, headline.task_lengths)
+    assert rows_by_label(preset)["eabf-keep-32k"].options == rows_by_label(preset)["eabf-32k"].options
     assert headline.tasks["passkey"]["trials"] == 20 and headline.tasks["ppl"]["windows"] == 3
     assert all(1 / 3 <= p <= 2 / 3 for p in headline.tasks["kv"]["positions"])
     rows = {r.label: r for r in preset.runs}

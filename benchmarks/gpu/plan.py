@@ -129,6 +129,8 @@ def estimate_row(preset, run, part) -> Row:
         if run.strategy == "contiguous":
             tokens = options.get("samples", recipe.samples) * target * options.get("epochs", recipe.epochs)
             train_s = TARGET_SETUP_S + tokens * model_flops_per_token(smollm2(), target) / train_rate()
+            if options.get("distill", recipe.distill):  # the teacher's forward: about a third of a training step
+                train_s += (train_s - TARGET_SETUP_S) / 3
         else:
             length = 8192
             tokens = options["max_steps"] * options["batch_size"] * length
@@ -212,6 +214,7 @@ WINDOWS = [
     ("W2", "CREAM reaches 64K?", [("headline", ("cream-yarn-64k",))], ()),
     ("W3", "the scale free, training faster?", [], ()),  # perf-1 (logit_scale_overhead, train_throughput 16K), perf-2
     ("W4", "the seeds' comparisons", [("rest-64k", ("pose-yarn-64k",)), ("finetuned-32k", ("abf-32k",))], ("abf-32k",)),
+    ("W5", "the chosen recipe keeps the model?", [("keep", ("eabf-keep-32k",))], ()),
 ]
 
 

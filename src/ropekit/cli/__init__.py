@@ -219,7 +219,8 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
           method: Optional[str] = typer.Option(None, "--method", "-m", help="RoPE method (default: the recipe's: eabf, or linear for cream-paper)"),
           target_length: str = typer.Option("32k", "--target-length", "-t", help="context window to reach"),
           output: Path = typer.Option(..., "--output", "-o", help="directory for checkpoints, logs and the final model"),
-          recipe: str = typer.Option("eabf-paper", help="eabf-paper, cream-paper, longrecipe (3 stages), longlora or smoke (see docs/training.md)"),
+          recipe: str = typer.Option("eabf-keep", help="eabf-keep (EABF that keeps the model), eabf-paper, eabf-mix, cream-paper, "
+                                     "longrecipe (3 stages), longlora or smoke (see docs/training.md)"),
           data: Optional[str] = typer.Option(None, help="JSONL/JSON/parquet/.txt/directory/saved dataset; default: the recipe's offline data"),
           data_kind: str = typer.Option("auto", help="auto, chat (loss on responses) or text (loss on all tokens)"),
           chat_template: Optional[Path] = typer.Option(None, help="a .jinja chat template to use instead of the tokenizer's"),

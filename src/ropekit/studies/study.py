@@ -121,6 +121,8 @@ PRESETS = {
             # The first lever after eabf-32k's perplexity collapse (docs/results.md): the same budget on the data mix
             # (half retrieval conversations, half plain text with loss on every token).
             Run("eabf-mix-32k", "eabf", "32k", recipe="eabf-mix", options=dict(_FT)),
+            # The recipe chosen on CPU to keep the model (docs/training.md, "Recipes that keep the model"), same budget:
+            Run("eabf-keep-32k", "eabf", "32k", recipe="eabf-keep", options=dict(_FT)),
             # EABF on the layers the entropy probe picks (the unextended model probed inside its window), same budget:
             Run("eabf-entropy-32k", "eabf", "32k", recipe="eabf-paper", options={**_FT, "method_params": {"layers": "entropy"}}),
         ),
@@ -136,6 +138,11 @@ PRESETS = {
                   "beside the original and the untrained EABF formula, at 16K/32K/64K: passkey 20 trials, NIAH 10 depths, KV "
                   "retrieval in the middle third; perplexity (3 windows) at 4K-64K",
                   ("eabf-32k", "eabf-mix-32k", "cream-yarn-64k", "none", "eabf-free"), (16384, 32768, 65536),
+                  {"passkey": {"trials": 20, "batch_size": 4}, "ppl": {"windows": 3}, "niah": {"trials": 1, "batch_size": 5},
+                   "kv": {"trials": 4, "positions": _MIDDLE_THIRD}}, {"ppl": (4096, 8192, 16384, 32768, 65536)}),
+            Slice("keep", "EABF fine-tuned at 32K with the recipe chosen to keep the model (eabf-keep), in the headline's "
+                  "protocol (the original and eabf-mix-32k are in the headline slice)",
+                  ("eabf-keep-32k",), (16384, 32768, 65536),
                   {"passkey": {"trials": 20, "batch_size": 4}, "ppl": {"windows": 3}, "niah": {"trials": 1, "batch_size": 5},
                    "kv": {"trials": 4, "positions": _MIDDLE_THIRD}}, {"ppl": (4096, 8192, 16384, 32768, 65536)}),
             Slice("training-free", "no training: dynamic NTK, YaRN, YaRN + log scale (the original and the EABF formula are "

@@ -42,7 +42,9 @@ class Recipe:
 
 RECIPES = {
     "eabf-paper": Recipe(
-        "eabf-paper", "Zhang et al. 2024, arXiv 2401.07004, §4.1 and App. A (100-sample setting)",
+        "eabf-paper", "Zhang et al. 2024, arXiv 2401.07004, §4.1 and App. A (100-sample setting); chosen for 7B models: on "
+        "SmolLM2-135M its answer-only loss wrecked in-window perplexity (+120% at lr 2e-4, +30% at 2e-5; docs/training.md), "
+        "so small models use eabf-keep",
         method="eabf", strategy="contiguous", train_at="target", data="chat", learning_rate=2e-5, schedule="cosine",
         warmup_steps=0, epochs=2, max_steps=-1, batch_size=32, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
         max_grad_norm=1.0, samples=100, min_tokens_fraction=10_000 / 16_384),  # "drop < 10,000 tokens" at 16K
@@ -55,6 +57,15 @@ RECIPES = {
         method="eabf", strategy="contiguous", train_at="target", data="mix", learning_rate=2e-4, schedule="cosine",
         warmup_steps=0, epochs=2, max_steps=-1, batch_size=32, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
         max_grad_norm=1.0, samples=100, min_tokens_fraction=10_000 / 16_384),
+    # The default of `ropekit train`: eabf-paper's budget, with the levers that kept SmolLM2's in-window perplexity
+    # best on the dev items of benchmarks/keep_the_model.py (docs/training.md, "Recipes that keep the model").
+    "eabf-keep": Recipe(
+        "eabf-keep", "eabf-paper's budget (100 samples, 2 epochs, batch 32) at lr 2e-4 for small models, three quarters of the "
+        "samples plain text (loss on every token) and in-window distillation towards the starting model (weight 1); "
+        "chosen by measurement (docs/training.md)",
+        method="eabf", strategy="contiguous", train_at="target", data="mix", learning_rate=2e-4, schedule="cosine",
+        warmup_steps=0, epochs=2, max_steps=-1, batch_size=32, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
+        max_grad_norm=1.0, samples=100, min_tokens_fraction=10_000 / 16_384, text_share=0.75, distill=1.0),
     "cream-paper": Recipe(
         "cream-paper", "Wu et al. 2024, arXiv 2406.07138, and bigai-nlco/CREAM scripts (base-model setting)",
         method="linear", strategy="cream", train_at="native", data="text", learning_rate=2e-5, schedule="linear",

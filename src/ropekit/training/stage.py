@@ -40,7 +40,7 @@ class TrainOptions:
     method: str | None = None
     target_length: int | str = "32k"
     output: str | Path = "ropekit-train"
-    recipe: str = "eabf-paper"
+    recipe: str = "eabf-keep"
     data: str | None = None  # None: the recipe's offline default (synthetic conversations or Shakespeare)
     data_kind: str = "auto"
     chat_template: str | None = None
@@ -292,8 +292,13 @@ def train_stage(options: TrainOptions, callbacks: list | None = None) -> dict:
         args.use_liger_kernel = True
     chunked = options.chunked_loss and not use_liger
     distill = None
+    unshardable = not chunked or launch.sharding != "none" or context_parallel > 1
+    if distill_weight and unshardable and options.distill is None:  # the recipe's default: off, said in one line
+        _say([f"recipe {recipe.name}: in-window distillation is off here (it needs the chunked loss on one process or DDP); "
+              "the check at the end shows what that costs"])
+        distill_weight = 0.0
     if distill_weight:  # the starting model, as loaded, teaches inside its window (ropekit.training.distill)
-        if not chunked or launch.sharding != "none" or context_parallel > 1:
+        if unshardable:
             raise RopekitError("--distill runs with the chunked loss on one process or DDP (its teacher is not sharded)",
                                "drop --liger on / --no-chunked-loss, or launch without FSDP, ZeRO-3 and context parallelism")
         from .distill import Distill
