@@ -87,6 +87,17 @@ def test_every_training_run_checks_itself_and_records_it(pair, tmp_path, capfd):
     info = CliRunner().invoke(app, ["info", str(tmp_path / "run"), "--json"])
     assert json.loads(info.stdout)["ropekit"]["check"]["rows"] == check["rows"]  # `ropekit info` shows it
     assert overlap(str(text), "something else entirely") == 0.0
+    # `ropekit report` renders the check of every evaluated checkpoint that carries one
+    from ropekit.eval.runner import RunSpec, evaluate
+    from ropekit.studies.report import render
+
+    evaluate([RunSpec(str(tmp_path / "run"), label="trained"), RunSpec(str(pair / "base"), label="base")],
+             {"ppl": {"windows": 1, "tail": 16, "source": str(text)}}, [NATIVE], tmp_path / "eval", device="cpu", progress=False)
+    report = render(tmp_path / "eval")[0].read_text()
+    section = report.split("## Before/after check")[1].split("\n## ")[0]
+    first = check["rows"][0]
+    assert f"| trained | {text} | {NATIVE} | inside | {first['ppl_before']:.1f} | {first['ppl_after']:.1f} |" in section
+    assert "| base |" not in section and section.count("| trained |") == 2
 
 
 def test_the_warning_names_numbers_causes_and_the_fix():

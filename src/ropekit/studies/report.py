@@ -196,6 +196,29 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
+def check_lines(runs: list[dict]) -> list[str]:
+    """The before/after check each trained checkpoint carries in its ropekit record (``ropekit train`` writes it), as
+    a Markdown table; nothing when no run was checked."""
+    checked = [run for run in runs if ((run.get("record") or {}).get("check") or {}).get("rows")]
+    if not checked:
+        return []
+    md = ["## Before/after check", "", "Each checkpoint against the model it was trained from, on the same items, written by "
+          "`ropekit train` (held-out text perplexity and pass keys; a regression is judged inside the native window only).", "",
+          "| run | text | length | window | PPL before | PPL after | change | pass keys before | after | verdict |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in checked:
+        check = run["record"]["check"]
+        for row in check["rows"]:
+            keys = (f"{row['passkey_before']}/{row['trials']} | {row['passkey_after']}/{row['trials']}"
+                    if row.get("passkey_before") is not None else "- | -")
+            md.append(f"| {run['label']} | {check.get('text', '-')} | {format_length(row['length'])} | "
+                      f"{'inside' if row['inside_window'] else 'beyond'} | {row['ppl_before']:.1f} | {row['ppl_after']:.1f} | "
+                      f"{100 * row['ppl_change']:+.1f}% | {keys} | {check['verdict']} |")
+    md += [f"- {run['label']} regressed: {'; '.join(run['record']['check']['regressions'])}" for run in checked
+           if run["record"]["check"].get("regressions")]
+    return md + [""]
+
+
 def render(directory: str | Path) -> tuple[Path, Path]:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` next to ``results.json``; returns the two reports."""
     directory = Path(directory).expanduser()
@@ -218,6 +241,7 @@ def render(directory: str | Path) -> tuple[Path, Path]:
         md.append(f"| {run['label']} | {run['model']} | {run.get('method') or (run.get('record') or {}).get('method') or 'as loaded'} | "
                   f"{run.get('target_length') or (run.get('record') or {}).get('target_length') or '-'} | {run.get('native_length', '-')} | {run.get('seconds', '-')} |")
     md.append("")
+    md += check_lines(results["runs"])
     figures: list[tuple[str, Path]] = []
     for task, meta in results["tasks"].items():
         columns = columns_of(meta)
