@@ -153,7 +153,10 @@ def table(results: dict) -> list[str]:
     """The Markdown table of docs/training.md: per arm, the in-window perplexity change on each item set (mean and
     range over seeds) and the pass keys kept."""
     def cell(changes):
-        return f"{100 * changes['ppl_change_mean']:+.1f}% ({100 * changes['ppl_change_min']:+.1f} to {100 * changes['ppl_change_max']:+.1f})"
+        mean = f"{100 * changes['ppl_change_mean']:+.1f}%"
+        if changes["seeds"] == 1:
+            return mean
+        return f"{mean} ({100 * changes['ppl_change_min']:+.1f} to {100 * changes['ppl_change_max']:+.1f})"
 
     b = results["before"]
     lines = [f"| arm | seeds | ppl change, dev (before {b['dev']['ppl']:.1f}) | ppl change, test (before {b['test']['ppl']:.1f}) | pass keys, test |",
