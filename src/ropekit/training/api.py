@@ -29,8 +29,19 @@ def train(options: TrainOptions, callbacks: list | None = None) -> dict:
     else:
         summary = train_stage(options, callbacks)
     if options.check and is_main_process():  # under FSDP / ZeRO-3 rank 0 checks the saved checkpoint
+        _leave_zero3()
         summary["check"] = check_run(options, summary)
     return summary
+
+
+def _leave_zero3() -> None:
+    """Training under DeepSpeed ZeRO-3 leaves transformers' global ZeRO-3 switch on, and with it every later
+    ``from_pretrained`` partitions its weights with collective calls; rank 0 checks alone, so those calls would wait
+    for the other ranks forever. Training is over: turn the switch off (the next TrainingArguments sets it again)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    if is_deepspeed_zero3_enabled():
+        unset_hf_deepspeed_config()
 
 
 def check_run(options: TrainOptions, summary: dict) -> dict:
