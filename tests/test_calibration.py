@@ -1,7 +1,7 @@
 """The retrieval tasks give signal on the embedded default model inside its window (SmolLM2-135M-Instruct, 8K
-native): the unmodified model retrieves at 2K and 4K (≥ 80%), so a failure beyond 8K is the window's, not the
-task's. The samples are those of the calibration table in docs/evaluation.md (same options and seed). Slow: run with
-``pytest -m slow``."""
+native): the unmodified model retrieves at 4K (≥ 80%), so a failure beyond 8K is the window's, not the task's. The
+samples are those of the calibration table in docs/evaluation.md at 4K (same options and seed; the table's 2K
+samples are left to it: 4K is the harder of the two and CI's time is bounded). Slow: run with ``pytest -m slow``."""
 
 import math
 
@@ -13,7 +13,7 @@ from ropekit.eval.tasks import get_task
 
 pytestmark = pytest.mark.slow
 
-LENGTHS = [2048, 4096]
+LENGTHS = {"passkey": [4096], "niah": [4096], "lines": [4096], "kv": [2048]}  # kv: below the goal at both; 2K is cheaper
 # The samples of the calibration table in docs/evaluation.md (`ropekit eval smollm2-135m --tasks TASK --lengths
 # 2k,4k --trials N`, seed 0): passkey 10 trials, niah 10 depths × 1, lines and kv 4 record lists × 5 positions.
 OPTIONS = {"passkey": {"trials": 10}, "niah": {"trials": 1}, "lines": {"trials": 4}, "kv": {"trials": 4}}
@@ -33,8 +33,8 @@ KV_BELOW_GOAL = pytest.mark.xfail(strict=True, reason="kv: 70% at 2K and 4K on S
 @pytest.mark.parametrize("task", [pytest.param(t, marks=KV_BELOW_GOAL) if t == "kv" else t for t in OPTIONS])
 def test_original_model_retrieves_inside_its_window(smollm2, task):
     model, tokenizer = smollm2
-    results = get_task(task).run(model, tokenizer, LENGTHS, seed=0, progress=False, **OPTIONS[task])
-    for length in LENGTHS:
+    results = get_task(task).run(model, tokenizer, LENGTHS[task], seed=0, progress=False, **OPTIONS[task])
+    for length in LENGTHS[task]:
         assert results[length]["score"] >= 80.0, f"{task} at {length}: {results[length]['score']:.0f}%"
 
 

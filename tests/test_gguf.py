@@ -207,7 +207,7 @@ def smollm2_checkpoints(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["linear", "yarn", "abf"])
+@pytest.mark.parametrize("method", ["yarn", "abf"])  # linear: the tiny models' test above and the converter test below
 def test_smollm2_export_then_load_model(smollm2_checkpoints, method):
     tmp, dirs = smollm2_checkpoints
     model, tokenizer = ropekit.load_model(dirs[method], device="cpu")

@@ -71,8 +71,8 @@ def test_the_check_flags_a_damaged_smollm2_and_keeps_an_unchanged_one(smollm2, t
             if p.dim() == 2:
                 p.add_(torch.randn(p.shape, generator=generator) * 0.1 * p.std())
     ropekit.save_model(damaged, tokenizer, tmp_path / "damaged")
-    bad = check_models("smollm2-135m", tmp_path / "damaged", windows=2, trials=6, device="cpu")
-    good = check_models("smollm2-135m", "smollm2-135m", windows=2, trials=6, device="cpu")
+    bad = check_models("smollm2-135m", tmp_path / "damaged", length=512, windows=2, trials=6, device="cpu")
+    good = check_models("smollm2-135m", "smollm2-135m", length=512, windows=2, trials=6, device="cpu")
     assert bad["verdict"] == "regressed", bad["rows"]
     assert good["verdict"] == "kept" and good["rows"][0]["ppl_before"] == good["rows"][0]["ppl_after"]
     assert good["rows"][0]["passkey_before"] == 6  # the original finds every in-window key
