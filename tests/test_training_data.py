@@ -250,5 +250,34 @@ def test_mix_text_share_sets_how_many_samples_are_plain_text(tmp_path, monkeypat
     rows, report = prepare_rows(options, get_recipe("eabf-mix"), tokenizer, "contiguous", 600)
     assert "6 Shakespeare text windows" in report.source
     assert len((tmp_path / "run" / "synthetic_data.jsonl").read_text().splitlines()) == 2
-    with pytest.raises(ropekit.RopekitError, match="text share 1.0 is outside"):
-        prepare_rows(TrainOptions(model="tiny", output=tmp_path / "bad", samples=8, text_share=1.0), get_recipe("eabf-mix"), tokenizer, "contiguous", 600)
+    from ropekit.train import train
+
+    # refused before any model loads (the model path does not exist: its error would come first otherwise)
+    for bad, message in ((dict(text_share=1.0), "text share 1.0 is outside"), (dict(synthetic_tasks="key,qoute"), "unknown synthetic task 'qoute'")):
+        with pytest.raises(ropekit.RopekitError, match=message):
+            train(TrainOptions(model=str(tmp_path / "no-such-model"), recipe="eabf-mix", output=str(tmp_path / "bad"), **bad))
+        assert not (tmp_path / "bad").exists()
+
+
+def test_quote_conversations_ask_for_words_the_context_holds(monkeypatch):
+    """The opt-in quote task: each answer is the 30-60 words that follow a prefix occurring once in the user's text."""
+    import re
+
+    import ropekit.training.synthetic as synthetic
+
+    tokenizer = tiny_tokenizer()
+    filler = tokenizer(" ".join(f"Verse {i} sings of {['ships', 'stars', 'rain', 'kings'][i % 4]} and {i * 7 % 13} swans." for i in range(900)),
+                       add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(synthetic, "text_tokens", lambda tok, source="shakespeare", min_tokens=0: filler)
+    rows = synthetic.synthetic_conversations(tokenizer, 12, max_tokens=3000, seed=3, tasks=("quote",))
+    assert len(rows) == 12
+    for row in rows:
+        context = row["messages"][0]["content"].rsplit("\n\n", 1)[0]  # the text, without the first question
+        words = " ".join(context.split())
+        for question, answer in zip(row["messages"][0::2], row["messages"][1::2]):
+            wanted, prefix = re.search(r'Quote the (\d+) words that follow "(.+)" in the text\.', question["content"]).groups()
+            assert len(prefix.split()) == synthetic.QUOTE_PREFIX_WORDS and words.count(prefix) == 1
+            assert len(answer["content"].split()) == int(wanted) and 30 <= int(wanted) <= 60
+            assert f"{prefix} {answer['content']}" in words  # verbatim, right after the prefix
+    default = synthetic.synthetic_conversations(tokenizer, 12, max_tokens=3000, seed=3)
+    assert not any("Quote the" in m["content"] for r in default for m in r["messages"])  # opt-in: the default data is unchanged

@@ -231,6 +231,8 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
           train_length: Optional[str] = typer.Option(None, help="tokens per training sample (default: target, or native for cream-paper)"),
           samples: Optional[int] = typer.Option(None, help="synthetic conversations to generate, or a cap on examples"),
           text_share: Optional[float] = typer.Option(None, help="mix recipes: the share of samples that are plain text (default: the recipe's)"),
+          synthetic_tasks: Optional[str] = typer.Option(None, help="synthetic conversations: record kinds from fact, key, kv, line, quote "
+                                                        "(quote: answers copy 30-60 words of the context), joined by commas (default: the recipe's)"),
           distill: Optional[float] = typer.Option(None, help="weight of a KL term towards the starting model on in-window tokens "
                                                   "(keeps language; loads a second copy; default: the recipe's)"),
           min_tokens: Optional[int] = typer.Option(None, help="drop conversations shorter than this (EABF preparation)"),
@@ -282,7 +284,7 @@ def train(model: str = typer.Argument(DEFAULT_MODEL, help="base model: directory
         model=model, method=method, target_length=target_length, output=output, recipe=recipe, data=data, data_kind=data_kind,
         chat_template=str(chat_template) if chat_template else None, skip_bad_rows=skip_bad_rows, strategy=strategy,
         strategy_params=parse_params(strategy_param), method_params=parse_params(param), train_length=train_length,
-        samples=samples, text_share=text_share, distill=distill, min_tokens=min_tokens, pack=pack, learning_rate=lr, schedule=schedule, warmup_steps=warmup_steps,
+        samples=samples, text_share=text_share, synthetic_tasks=synthetic_tasks, distill=distill, min_tokens=min_tokens, pack=pack, learning_rate=lr, schedule=schedule, warmup_steps=warmup_steps,
         epochs=epochs, max_steps=max_steps, batch_size=batch_size, micro_batch_size=micro_batch_size, weight_decay=weight_decay,
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets, train_embeddings_and_norms=train_embeddings_and_norms,
         attention=attention, group_ratio=group_ratio, s2_min_length=s2_min_length, s2_kernel=s2_kernel,

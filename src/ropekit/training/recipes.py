@@ -33,6 +33,7 @@ class Recipe:
     samples: int  # default number of synthetic conversations when no data is given
     min_tokens_fraction: float  # chat data: drop conversations shorter than this fraction of the training length
     text_share: float = 0.5  # "mix" data: the share of the samples that are plain-text windows
+    tasks: str = "fact,key,kv,line"  # synthetic conversations: the record kinds (ropekit.training.synthetic; "quote" opt-in)
     distill: float = 0.0  # weight of the in-window distillation term towards the starting model (ropekit.training.distill)
     attention: str = "full"  # "s2": LongLoRA's shifted sparse attention during training
     lora_r: int = 0  # 0: full fine-tuning

@@ -51,6 +51,7 @@ class TrainOptions:
     train_length: int | str | None = None
     samples: int | None = None  # synthetic conversations, or a cap on examples
     text_share: float | None = None  # "mix" data: the share of samples that are plain-text windows (None: the recipe's)
+    synthetic_tasks: str | None = None  # synthetic conversations: record kinds joined by commas, e.g. "key,quote" (None: the recipe's)
     distill: float | None = None  # weight of the in-window distillation term towards the starting model (None: the recipe's)
     min_tokens: int | None = None  # EABF preparation: drop conversations shorter than this
     pack: bool = True
@@ -131,10 +132,9 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
 
             count = options.samples or recipe.samples
             share = recipe.text_share if options.text_share is None else options.text_share
-            if not 0 <= share < 1:
-                raise RopekitError(f"text share {share} is outside [0, 1)", "pass e.g. --text-share 0.5 (half the samples plain text)")
             texts = round(count * share) if recipe.data == "mix" else 0
-            rows = synthetic_conversations(tokenizer, count - texts, max_tokens=train_length, min_tokens=round(0.7 * train_length), seed=options.seed)
+            rows = synthetic_conversations(tokenizer, count - texts, max_tokens=train_length, min_tokens=round(0.7 * train_length),
+                                           seed=options.seed, tasks=options.synthetic_tasks or recipe.tasks)
             examples, report = load_rows(rows, tokenizer, f"synthetic conversations (seed {options.seed}, saved as synthetic_data.jsonl)")
             saved = {"synthetic_data.jsonl": rows}
             if texts:
@@ -189,12 +189,17 @@ def prepare_rows(options: TrainOptions, recipe, tokenizer, strategy: str, train_
 
 
 def resolve_recipe_options(options: TrainOptions, recipe) -> TrainOptions:
-    """Fill the LoRA and attention options the user left open from the recipe; check the S²-Attn settings.
+    """Fill the data, LoRA and attention options the user left open from the recipe; check them before any model
+    loads (the text share, the synthetic tasks, the S²-Attn settings).
 
     With ``--attention s2`` and LoRA, embeddings and norms are trained too (LongLoRA's "LoRA+")."""
     from ..methods.s2_attention import check_options
+    from .synthetic import parse_tasks
 
-    options = replace(options,
+    share = recipe.text_share if options.text_share is None else options.text_share
+    if not 0 <= share < 1:
+        raise RopekitError(f"text share {share} is outside [0, 1)", "pass e.g. --text-share 0.5 (half the samples plain text)")
+    options = replace(options, text_share=share, synthetic_tasks=",".join(parse_tasks(options.synthetic_tasks or recipe.tasks)),
                       lora_r=recipe.lora_r if options.lora_r is None else options.lora_r,
                       lora_alpha=recipe.lora_alpha if options.lora_alpha is None else options.lora_alpha,
                       lora_targets=options.lora_targets or recipe.lora_targets,
