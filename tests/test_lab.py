@@ -141,11 +141,16 @@ def _fake(scores):
                     "shape": {"native": 128}, "arms": {"a": "free"}}}
 
 
-def test_combine_seeds_and_verdicts():
-    combined = lab.combine([_fake({128: 100, 512: 40}), _fake({128: 90, 512: 60})])
+def test_combine_seeds_and_the_old_unpaired_compare():
+    first, second = _fake({128: 100, 512: 40}), _fake({128: 90, 512: 60})
+    second["lab"].update(pretrain_seed=1, eval_seed=2001, items="test")
+    first["lab"].update(eval_seed=2000, items="test")
+    combined = lab.combine([first, second])
     cell = combined["runs"][0]["results"]["lab-passkey"]["512"]
     assert cell["score"] == 50 and cell["seeds"] == [40, 60] and (cell["min"], cell["max"], cell["n"]) == (40, 60, 200)
     assert len(combined["lab"]["seeds"]) == 2 and combined["seconds"] == 2.0
+    assert combined["lab"]["items"] == "test" and [s["eval_seed"] for s in combined["lab"]["seeds"]] == [2000, 2001]
+    assert "eval_seed" not in combined["lab"]  # per seed only
 
     def results(a, b, n=100):
         run = lambda label, scores: {"label": label, "results": {"lab-passkey": {"512": {"score": sum(scores) / len(scores), "seeds": scores, "n": n * len(scores)}}}}  # noqa: E731
@@ -177,13 +182,19 @@ def test_tiny_lab_end_to_end_resumes(tmp_path, monkeypatch, small_texts):
     text.write_text(EVAL_TEXT * 4)
     quick = lab.BUDGETS["quick"]
     budget = replace(quick, pretrain=replace(quick.pretrain, steps=3, warmup=1, batch=4), extend_steps=2, extend_tokens=256,
-                     multiples=(1, 2), curve_every=2, rows=("none", "ft-pi", "cream-yarn", "pose-added"),
+                     multiples=(1, 2, 4), curve_every=2, rows=("none", "ft-pi", "cream-yarn", "pose-added", "ft-control"),
                      tasks={"lab-passkey": {"trials": 2}, "lab-kv": {"trials": 1, "pairs": 3}, "ppl": {"windows": 1, "tail": 8, "source": str(text)}})
     monkeypatch.setitem(lab.BUDGETS, "quick", budget)
     shape = lab.Shape(native=32, hidden=32, layers=1, heads=2, intermediate=64)
     results = lab.lab(tmp_path / "out", quick=True, progress=False, shape=shape)
-    assert [r["label"] for r in results["runs"]] == ["none", "ft-pi", "cream-yarn", "pose-added"]
-    assert seen == [None, None, None, {"added"}]  # pre-training, ft-pi, cream-yarn, then the added row with its option
+    assert [r["label"] for r in results["runs"]] == ["none", "ft-pi", "cream-yarn", "pose-added", "ft-control"]
+    assert seen == [None, None, None, {"added"}, None]  # pre-training, ft-pi, cream-yarn, the added row with its option, ft-control
+    assert (results["lab"]["items"], results["lab"]["seeds"][0]["eval_seed"]) == ("dev", 0)  # --quick scores the dev items
+    control = [c for c in results["claims"] if c["group"] == "control"]  # paired on the seed's own per-item outcomes
+    assert {(c["a"], c["metric"]) for c in control} == {(a, m) for a in ("ft-pi", "cream-yarn", "pose-added")
+                                                        for m in ("pass key", "key–value", "perplexity")}
+    assert all(c["length"] == 4 * 32 and c["verdict"] in ("confirmed", "refuted", "tie", "not decidable here") for c in control)
+    assert control[0]["seeds"][0]["n"] == 2 and control[2]["unit"] == "nll" and control[2]["seeds"][0]["n"] == 1
     assert "| pose-added | trained at the native window |" in (tmp_path / "out" / "lab.md").read_text()
     assert results["runs"][1]["record"]["method"] == "linear" and results["runs"][2]["record"]["target_length"] == 4 * 32
     row = json.loads((tmp_path / "out" / "seed-0" / "runs" / "cream-yarn" / "lab_row.json").read_text())
@@ -199,9 +210,11 @@ def test_tiny_lab_end_to_end_resumes(tmp_path, monkeypatch, small_texts):
     stamp = weights.stat().st_mtime_ns
     lab.lab(tmp_path / "out", quick=True, progress=False, shape=shape)
     assert weights.stat().st_mtime_ns == stamp
-    assert len(seen) == 4  # nothing retrained, the row whose options hold a set (written to JSON as a list) included
+    assert len(seen) == 5  # nothing retrained, the row whose options hold a set (written to JSON as a list) included
     with pytest.raises(ropekit.RopekitError, match="holds a 'quick' lab"):
         lab.lab(tmp_path / "out", quick=False, progress=False, shape=shape)
+    with pytest.raises(ropekit.RopekitError, match="scored on dev items, not test ones"):
+        lab.lab(tmp_path / "out", quick=True, items="test", progress=False, shape=shape)
 
 
 def test_lab_tasks_refuse_other_tokenizers():

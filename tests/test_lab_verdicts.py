@@ -1,6 +1,6 @@
 """Paired verdicts (ropekit.studies.lab.verdicts) on synthetic tables whose true differences are known: confirmed,
 refuted, a tie within noise, seeds that disagree, non-inferiority with a margin, per-item losses (lower is better),
-determinism, and the per-cell seed summary."""
+items shared by every seed, determinism, and the per-cell seed summary."""
 
 import json
 import math
@@ -115,6 +115,21 @@ def test_per_item_losses_lower_is_better_and_the_pairing_matters():
     assert unpaired > 0.2  # two independent means could not tell them apart
     higher = paired_verdict(per_a, per_b, higher_is_better=True)  # read as scores, the same numbers favour B
     assert higher["verdict"] == "refuted" and higher["pooled"]["diff"] == pytest.approx(-0.2)
+
+
+def test_items_shared_by_every_seed_are_not_counted_as_independent():
+    """Three seeds scored on the SAME 300 items with the same outcomes: one sample's worth of evidence. Resampled
+    within seed the pooled interval narrows as if there were 900 items; resampled jointly it keeps one seed's width."""
+    a, b = table([(240, 225)])
+    a, b = a * 3, b * 3
+    apart, joint = paired_verdict(a, b), paired_verdict(a, b, shared_items=True)
+    one = paired_verdict(a[:1], b[:1])
+    width = lambda v: v["pooled"]["high"] - v["pooled"]["low"]  # noqa: E731
+    assert joint["shared_items"] and not apart["shared_items"] and joint["method"].endswith("(shared items)")
+    assert joint["pooled"]["diff"] == apart["pooled"]["diff"] and joint["seeds"][0]["diff"] == one["seeds"][0]["diff"]
+    assert width(joint) == pytest.approx(width(one), rel=0.15) and width(apart) < 0.75 * width(joint)
+    with pytest.raises(ValueError, match="shared_items"):
+        paired_verdict([a[0], a[1][:-1]], [b[0], b[1][:-1]], shared_items=True)
 
 
 def test_same_input_same_interval():

@@ -100,6 +100,8 @@ def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help=
         seeds: str = typer.Option("0", help="pre-training seeds, e.g. 0,1,2 (each is a full lab; tables show the spread)"),
         rows: Optional[str] = typer.Option(None, help="comma-separated row labels (default: the budget's rows)"),
         device: str = typer.Option("auto"),
+        items: Optional[str] = typer.Option(None, "--items", help="evaluation items: dev (design runs; --quick's default) or test "
+                                            "(the committed table; the default budget's), drawn apart for each pre-training seed"),
         list_rows: bool = typer.Option(False, "--list", help="print the rows and exit")):
     """Train a small RoPE model from scratch (cached), extend it 4× with every method under one budget, and check
     each method's claim with pass key, key-value retrieval and perplexity at 1×-16× its window (docs/lab.md).
@@ -116,7 +118,7 @@ def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help=
     except ValueError:
         raise RopekitError(f"--seeds {seeds!r} is not a list of integers", "write e.g. --seeds 0,1,2") from None
     results = run_lab(output, quick=quick, seeds=seed_list, rows=[r.strip() for r in (rows or "").split(",") if r.strip()] or None,
-                      device=device)
+                      device=device, items=items)
     _print_results(results)
     from collections import Counter
 

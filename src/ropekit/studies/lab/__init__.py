@@ -11,10 +11,13 @@ ablations). The lab does the same with ropekit's own pieces, so it also checks t
    :class:`~ropekit.training.trainer.RopekitTrainer`, :class:`~ropekit.training.trainer.LossLog`). A second run loads the cache.
 2. **Extend** the pre-trained model to 4× with every row of :data:`ROWS` — training-free, fine-tuned at 4×, or
    trained at the native window with a position strategy (CREAM, PoSE, RandPos) — through :func:`ropekit.extend`
-   and the same training components; every trained row gets the same number of tokens and optimizer steps.
+   and the same training components; every trained row gets the same number of tokens and optimizer steps, and
+   every method is configured for the target (:func:`configured_params`: ABF's base by :func:`abf_theta_factor`).
 3. **Evaluate** every row with the task registry and the resumable runner (:func:`ropekit.eval.runner.evaluate`) at
    1×, 2×, 4×, 8× and 16× the native window — pass key, key–value retrieval by depth (the middle third reported
-   apart) and perplexity — and render the usual report; ``lab.md`` checks the papers' claims against the numbers.
+   apart) and perplexity — on one item set (:func:`evaluation_seed`: ``dev`` for design and ``--quick``, ``test``,
+   one set per pre-training seed, for the default), and render the usual report; ``lab.md`` checks the papers'
+   claims (:data:`CLAIMS`) at the target with paired verdicts, the lengths beyond it in a robustness table.
 
 **Tokenizer and tasks.** A model this small does not transfer to a prompt format it never saw, so the lab has its
 own character-level tokenizer (:func:`lab_tokenizer`: lower-case letters, punctuation, digits, 26 key symbols
@@ -32,7 +35,9 @@ filler). What never matches between training and evaluation:
   answer ever occurs as a training answer;
 * **fillers**: training phrases and text come from Shakespeare, evaluation phrases and the perplexity text from
   Milton's *Paradise Lost* (digits removed from both);
-* **seeds**: training rows draw from ``random.Random("lab-train-…")``, evaluation items from ``"lab-eval-…"``.
+* **seeds**: training rows draw from ``random.Random("lab-train-…")``, evaluation items from ``"lab-eval-…-k-…"``
+  with ``k`` the item set's evaluation seed (:func:`evaluation_seed`: 0 for dev items, 2000 + the pre-training seed
+  for test items).
 
 The perplexity task is the suite's ``ppl`` (last 64 tokens of windows of *Paradise Lost*).
 
@@ -46,7 +51,7 @@ positions and LongLoRA's shifted sparse attention (``ropekit train --attention s
     Row("longlora-pi", "linear", "target", trainer={"s2": {"group_ratio": 0.25}}),
 
 **Rooms.** The package is split by what each part does; imports point one way, data → tasks → model → rows → claims
-→ run, and this ``__init__`` re-exports the public names (``from ropekit.studies.lab import lab, ROWS, Shape, …``;
+→ markdown → run (claims also use verdicts, which import nothing of the lab), and this ``__init__`` re-exports the public names (``from ropekit.studies.lab import lab, ROWS, Shape, …``;
 the old path ``ropekit.lab`` is this same package, see :mod:`ropekit._moved`):
 
 * :mod:`~ropekit.studies.lab.data` — vocabulary and tokenizer, the texts, value draws, the sequence generators,
@@ -54,24 +59,25 @@ the old path ``ropekit.lab`` is this same package, see :mod:`ropekit._moved`):
 * :mod:`~ropekit.studies.lab.tasks` — the ``lab-passkey`` and ``lab-kv`` evaluation tasks (registered on import);
 * :mod:`~ropekit.studies.lab.model` — :class:`Shape`, the loss, :class:`Schedule`, :func:`train_lab`,
   :class:`LearningCurve`;
-* :mod:`~ropekit.studies.lab.rows` — the row table, the budgets, pre-training, one row's training, one seed's run,
-  :func:`combine`;
-* :mod:`~ropekit.studies.lab.claims` — the claims checked against the numbers, ``lab.md``;
-* :mod:`~ropekit.studies.lab.run` — :func:`lab`, the whole lab top to bottom;
-* :mod:`~ropekit.studies.lab.verdicts` — paired verdicts (A vs B on the same items, over seeds); standalone, not yet
-  used by the claims.
+* :mod:`~ropekit.studies.lab.rows` — the row table, each row's configuration for the target, the item sets, the
+  budgets, pre-training, one row's training, one seed's run, :func:`combine`;
+* :mod:`~ropekit.studies.lab.verdicts` — paired verdicts (A vs B on the same items, over seeds); standalone;
+* :mod:`~ropekit.studies.lab.claims` — the claims list and every claim checked on the per-seed results;
+* :mod:`~ropekit.studies.lab.markdown` — ``lab.md``;
+* :mod:`~ropekit.studies.lab.run` — :func:`lab`, the whole lab top to bottom.
 
 A test that patches a lab internal patches the module that owns it (``ropekit.studies.lab.rows.ROWS``, not the
 re-export here).
 """
 
-from .claims import PPL_TOLERANCE, claim_checks, compare, lab_markdown
+from .claims import CLAIMS, PPL_TOLERANCE, claim_checks, compare
 from .data import (ANSWER, BOS, CHARACTERS, DIGIT_IDS, DIGITS, EOS, KEY, KEY_IDS, KEY_SYMBOLS, PAD, QUERY, SENTENCE_END_IDS,
                    SPECIAL, TEXT_SOURCES, UNK, VOCABULARY, LabSequences, Mix, check_lab_tokenizer, draw_value, haystack,
                    kv_sequence, lab_text, lab_tokenizer, passkey_sequence, place, text_sequence)
+from .markdown import lab_markdown
 from .model import LearningCurve, Schedule, Shape, answer_weighted_loss, lab_model, stack_rows, train_lab
-from .rows import (ARMS, BUDGETS, DATA_VERSION, EABF, ROWS, Budget, Row, combine, get_rows, pretrain, pretrained_dir,
-                   run_seed, train_row)
+from .rows import (ARMS, BUDGETS, DATA_VERSION, EABF, ITEM_SETS, ROWS, Budget, Row, abf_theta_factor, combine, configured_params,
+                   configured_range, evaluation_seed, get_rows, pretrain, pretrained_dir, run_seed, train_row)
 from .run import lab
 from .tasks import middle_third, run_lab_kv, run_lab_passkey
 
@@ -85,10 +91,10 @@ __all__ = [
     # model
     "Shape", "lab_model", "answer_weighted_loss", "stack_rows", "Schedule", "train_lab", "LearningCurve",
     # rows
-    "Row", "ARMS", "EABF", "ROWS", "get_rows", "Budget", "BUDGETS", "DATA_VERSION", "pretrained_dir", "pretrain",
-    "train_row", "run_seed", "combine",
-    # claims
-    "PPL_TOLERANCE", "compare", "claim_checks", "lab_markdown",
+    "Row", "ARMS", "EABF", "ROWS", "get_rows", "abf_theta_factor", "configured_params", "configured_range", "ITEM_SETS",
+    "evaluation_seed", "Budget", "BUDGETS", "DATA_VERSION", "pretrained_dir", "pretrain", "train_row", "run_seed", "combine",
+    # claims, lab.md
+    "CLAIMS", "PPL_TOLERANCE", "compare", "claim_checks", "lab_markdown",
     # run
     "lab",
 ]

@@ -1,51 +1,314 @@
-"""The papers' claims checked against the lab's numbers, and ``lab.md``: :func:`compare` (is row A better than,
-or at least as good as, row B on one cell), :func:`claim_checks` (the lab's own requirements and the papers' claims,
-each with its evidence and a verdict) and :func:`lab_markdown` (the tables with the spread over seeds, then the
-claims).
+"""The papers' claims checked against the lab's numbers: :data:`CLAIMS` (the explicit list, each with its paper),
+:func:`claim_checks` (every claim, every trained row against the fine-tuned control, and the lab's own
+requirements, each with its evidence and a verdict) and :func:`compare` (the old unpaired check, kept for callers).
 
-Reads only results dicts (as :func:`ropekit.studies.lab.rows.combine` writes them); the row table's arm names are
-the one thing it takes from the rest of the lab.
+**Every verdict is paired** (:func:`ropekit.studies.lab.verdicts.paired_verdict`): two rows are compared on the
+same evaluation items — per item for pass key and key–value (``samples[i]["correct"]``), per window for perplexity
+(each window's mean NLL over its last ``tail`` tokens; the windows both rows hold, should a resumed evaluation have
+placed some elsewhere) — one pair of sequences per pre-training seed, at the target
+(``factor`` × native) only; beyond-target lengths go to the robustness table of ``lab.md``, never into a verdict.
+
+* ``better`` (A > B): **confirmed** when every seed's paired difference favours A and the pooled 95% bootstrap
+  interval lies above 0; **refuted** when every seed favours B and the interval lies below 0; **tie** otherwise.
+* ``at_least`` (A ≥ B, or A ≈ B: non-inferiority): **confirmed** when the pooled interval's lower bound is above
+  −margin (:data:`MARGINS`: 5 points of accuracy, 2% perplexity as ln 1.02 nats); **refuted** when its upper bound
+  is below −margin; **tie** otherwise.
+* **not decidable here**: a claim that A *improves* on B (``gain``) cannot show when B already scores ≥
+  :data:`CEILING` on an accuracy; such a row says so instead of a tie (or a non-inferiority confirmed by
+  construction), unless the numbers refute it. Claims the lab's model cannot express (EABF's layer rule on 2
+  layers) say why.
+
+Seeds scored on the same items (the dev items, or perplexity windows, which take no seed) are resampled jointly
+(``shared_items``), so identical items are not counted as independent. Reads only per-seed results dicts (as
+:func:`ropekit.studies.lab.rows.run_seed` returns them).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
+from dataclasses import dataclass
 
-import torch
+from ...errors import RopekitError
+from .tasks import middle_third
+from .verdicts import paired_verdict
 
-from .rows import ARMS
+LEVEL = 0.95
+RESAMPLES = 2000
+CEILING = 0.95  # B at or above this accuracy leaves no room for A's gain to show
+MARGINS = {"accuracy": 0.05, "nll": math.log(1.02)}  # non-inferiority: 5 points; 2% perplexity
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a verdict pairs: ``task`` outcomes per item (``unit`` accuracy: 1/0) or per window (``nll``)."""
+
+    name: str
+    task: str
+    subset: str | None = None  # "middle_third": the key–value items whose gold pair sits at depth 1/3–2/3
+    unit: str = "accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.unit == "accuracy"
+
+
+PASSKEY = Metric("pass key", "lab-passkey")
+KV = Metric("key–value", "lab-kv")
+KV_MIDDLE = Metric("key–value, middle third", "lab-kv", "middle_third")
+PPL = Metric("perplexity", "ppl", unit="nll")
+METRICS = (PASSKEY, KV, PPL)  # every metric: pass key, the main task (key–value retrieval), perplexity
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim: ``pairs`` of rows (A, B), each compared on every metric at the target. ``relation``: ``better`` or
+    ``at_least``; ``gain``: the paper says A improves on B (a ceiling on B hides it), not that A matches B."""
+
+    key: str
+    text: str
+    source: str
+    pairs: tuple[tuple[str, str], ...]
+    relation: str
+    metrics: tuple[Metric, ...] = METRICS
+    gain: bool = True
+    group: str = "paper"
+
+
+EABF_PAPER = "Zhang et al. 2024 (Entropy-ABF), arXiv 2401.07004"
+CLAIMS = (
+    Claim("eabf>abf", "fine-tuned EABF > ABF at the target", f"{EABF_PAPER}, Tables 2 and 5", (("ft-eabf", "ft-abf"),), "better"),
+    Claim("abf>pi/yarn", "fine-tuned ABF > PI and > YaRN at the target", f"{EABF_PAPER}, Table 2",
+          (("ft-abf", "ft-pi"), ("ft-abf", "ft-yarn")), "better"),
+    Claim("cream>=pose", "CREAM ≥ PoSE in the middle third at the target, same budget",
+          "Wu et al. 2024 (CREAM), arXiv 2406.07138, lost-in-the-middle results", (("cream-pi", "pose-pi"), ("cream-yarn", "pose-yarn")),
+          "at_least", (KV_MIDDLE, *METRICS)),
+    Claim("native~target", "trained at the native window with positions over the target, a model reaches the target like one "
+          "fine-tuned at the target length", "Zhu et al. 2024 (PoSE), arXiv 2309.10400; Wu et al. 2024 (CREAM)",
+          (("pose-pi", "ft-pi"), ("cream-pi", "ft-pi"), ("pose-yarn", "ft-yarn"), ("cream-yarn", "ft-yarn")), "at_least", gain=False),
+    Claim("longrecipe>=pose", "LongRecipe's sentence-gapped positions ≥ PoSE's at the same tokens",
+          "Hu et al. 2024 (LongRecipe), arXiv 2409.00509", (("longrecipe-pi", "pose-pi"),), "at_least"),
+    Claim("s2~full", "S²-Attn training ≈ full attention at the same budget (evaluated with full attention)",
+          "Chen et al. 2024 (LongLoRA), arXiv 2309.12307", (("longlora-pi", "ft-pi"),), "at_least", gain=False),
+    Claim("self-extend>none", "Self-Extend recovers the target without training (against the unextended model)",
+          "Jin et al. 2024 (Self-Extend), arXiv 2401.01325", (("self-extend", "none"),), "better"),
+    Claim("self-extend~ft", "training-free Self-Extend ≈ fine-tuned PI at the target",
+          "Jin et al. 2024 (Self-Extend), arXiv 2401.01325: comparable to fine-tuning-based extension", (("self-extend", "ft-pi"),),
+          "at_least", gain=False),
+    Claim("yarn>pi", "training-free YaRN > PI at the target", "Peng et al. 2023 (YaRN), arXiv 2309.00071", (("yarn", "pi"),), "better"),
+)
+CONTROL = "ft-control"
+CONTROL_SOURCE = "lab: a trained method that does not beat the fine-tuned control (RoPE unchanged, same budget) has shown nothing"
+LAYER_RULE = ("EABF's layer rule: layers 0–1 keep t = 1, the logit scale acts in layers ≥ 2", f"{EABF_PAPER}, §3 and Figure 1")
+
+
+def control_claims(arms: dict) -> list[Claim]:
+    """Every trained row (fine-tuned at the target or trained at the native window) against ``ft-control``."""
+    return [Claim(f"{label}>control", f"{label} > the fine-tuned control at the target", CONTROL_SOURCE, ((label, CONTROL),), "better",
+                  group="control") for label, arm in arms.items() if arm in ("target", "native") and label != CONTROL]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The papers' claims, checked against the numbers
+# Paired outcomes
 
 
-def _run(results: dict, label: str) -> dict | None:
-    return next((r for r in results["runs"] if r["label"] == label), None)
+def _run(result: dict, label: str) -> dict | None:
+    return next((r for r in result["runs"] if r["label"] == label), None)
 
 
-def _cell(results: dict, label: str, task: str, multiple: int, key: str = "score"):
-    run = _run(results, label)
-    native = results["lab"]["shape"]["native"]
-    cell = (run or {}).get("results", {}).get(task, {}).get(str(multiple * native))
+def outcomes(result: dict, label: str, metric: Metric, length: int) -> tuple[list[float], list] | None:
+    """One seed's per-item outcomes of a row (1/0, or per-window NLL) and the items' identities, or None if absent."""
+    run = _run(result, label)
+    cell = (run or {}).get("results", {}).get(metric.task, {}).get(str(length))
     if cell is None:
         return None
-    if cell.get(key) is None:
+    if metric.unit == "nll":
+        windows = cell.get("windows")
+        return ([float(w["nll"]) for w in windows], [w["offset"] for w in windows]) if windows else None
+    samples = cell.get("samples")
+    if samples is None:
         return None
-    prefix = {"middle_third": "middle", "far": "far"}.get(key)
-    seeds = cell.get(f"{prefix}_seeds" if prefix else "seeds", [cell[key]])
-    n = cell.get(f"{prefix}_n" if prefix else "n", 0)
-    return {"mean": cell[key], "seeds": seeds, "n": n}
+    if metric.subset == "middle_third":
+        samples = [s for s in samples if middle_third(s["depth"])]
+    return [float(bool(s["correct"])) for s in samples], [tuple(s.get(k) for k in ("value", "offset", "distance", "depth")) for s in samples]
 
+
+def _points(x: float, unit: str, sign: bool = True) -> str:
+    return f"{100 * x:{'+' if sign else ''}.1f}" if unit == "accuracy" else f"{x:{'+' if sign else ''}.3f}"
+
+
+def rule_text(relation: str, unit: str, gain: bool, level: float = LEVEL) -> str:
+    """The rule a claim row was decided by, in one sentence."""
+    what = "points" if unit == "accuracy" else "nats of NLL"
+    if relation == "better":
+        text = (f"A > B: confirmed when every seed's paired difference favours A and the pooled {level:.0%} interval lies above 0, "
+                "refuted when every seed favours B and it lies below 0, tie otherwise")
+    else:
+        m = _points(MARGINS[unit], unit, sign=False)
+        text = (f"A ≥ B − {m} {what}: confirmed when the pooled {level:.0%} interval's lower bound is above −{m}, refuted when "
+                f"its upper bound is below −{m}, tie otherwise")
+    if gain and unit == "accuracy":
+        text += f"; not decidable here when B scores ≥ {CEILING:.0%} (no room for a gain)"
+    return text
+
+
+def paired_row(per_seed: list[dict], claim: Claim, a: str, b: str, metric: Metric, multiple: int) -> dict:
+    """One claim row: A vs B on one metric at one length, decided by the paired rule (see the module docstring)."""
+    native = per_seed[0]["lab"]["shape"]["native"]
+    length = multiple * native
+    row = {"group": claim.group, "key": claim.key, "claim": claim.text, "source": claim.source, "a": a, "b": b, "metric": metric.name,
+           "task": metric.task, "subset": metric.subset, "unit": metric.unit, "multiple": multiple, "length": length,
+           "relation": claim.relation, "margin": MARGINS[metric.unit] if claim.relation == "at_least" else 0.0, "gain": claim.gain,
+           "rule": rule_text(claim.relation, metric.unit, claim.gain)}
+    xs, ys, ids = [], [], []
+    for result in per_seed:
+        x, y = outcomes(result, a, metric, length), outcomes(result, b, metric, length)
+        if x is None or y is None:
+            return {**row, "verdict": "not run", "reason": f"{metric.task} at {length} tokens missing for {a if x is None else b}",
+                    "evidence": "not run"}
+        if metric.unit == "nll" and x[1] != y[1]:  # windows of a resumed evaluation may sit elsewhere: pair the common ones
+            by_x, by_y = dict(zip(x[1], x[0])), dict(zip(y[1], y[0]))
+            common = [o for o in x[1] if o in by_y]
+            x, y = ([by_x[o] for o in common], common), ([by_y[o] for o in common], common)
+        if not x[0] or not y[0]:
+            return {**row, "verdict": "not run", "reason": f"no {metric.name} items at {length} tokens", "evidence": "not run"}
+        if x[1] != y[1]:
+            raise RopekitError(f"claim {claim.key}: {a} and {b} were not scored on the same {metric.name} items at {length} tokens "
+                               f"(pre-training seed {result['lab'].get('pretrain_seed')})", "re-run the lab's evaluation into one directory")
+        xs.append(x[0])
+        ys.append(y[0])
+        ids.append(x[1])
+    shared = len(ids) > 1 and all(i == ids[0] for i in ids)  # dev items, or perplexity windows: the same items in every seed
+    v = paired_verdict(xs, ys, metric.higher_is_better, claim.relation, row["margin"], RESAMPLES, LEVEL, shared_items=shared)
+    for entry, result in zip(v["seeds"], per_seed):
+        entry["seed"] = result["lab"].get("pretrain_seed", entry["seed"])
+        entry["eval_seed"] = result["lab"].get("eval_seed")
+    verdict, reason = v["verdict"], v["reason"]
+    if (claim.gain and metric.unit == "accuracy" and v["pooled"]["mean_b"] >= CEILING and verdict != "refuted"
+            and not (claim.relation == "better" and verdict == "confirmed")):
+        verdict = "not decidable here"
+        reason = (f"ceiling: {b} scores {100 * v['pooled']['mean_b']:.0f}% ≥ {CEILING:.0%}, so a gain of {a} cannot show "
+                  f"(by the rule alone: {v['verdict']})")
+    p = v["pooled"]
+    means = (f"{100 * p['mean_a']:.1f} vs {100 * p['mean_b']:.1f}" if metric.unit == "accuracy" else
+             f"ppl {math.exp(p['mean_a']):.2f} vs {math.exp(p['mean_b']):.2f}")
+    evidence = f"{means}; Δ {_points(p['diff'], metric.unit)} [{_points(p['low'], metric.unit)}, {_points(p['high'], metric.unit)}]"
+    keep = ("level", "method", "shared_items", "resamples", "rng_seed", "seeds", "pooled", "favour_a", "favour_b", "even")
+    return {**row, **{k: v[k] for k in keep}, "verdict": verdict, "reason": reason, "evidence": evidence}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The checks
+
+
+def _values(per_seed: list[dict], label: str, task: str, multiple: int, key: str = "score") -> list[float] | None:
+    """A cell's value in every seed (None when any seed lacks it)."""
+    values = []
+    for result in per_seed:
+        cell = ((_run(result, label) or {}).get("results", {}).get(task, {}).get(str(multiple * result["lab"]["shape"]["native"])))
+        if cell is None or cell.get(key) is None:
+            return None
+        values.append(cell[key])
+    return values
+
+
+def _threshold(per_seed, label, task, multiple, threshold, key="score", below=False) -> tuple[str, str]:
+    values = _values(per_seed, label, task, multiple, key)
+    name = f"{label} {task}{' ' + key.replace('_', ' ') if key != 'score' else ''} @{multiple}×"
+    if values is None:
+        return "not run", f"{name}: not run"
+    mean = sum(values) / len(values)
+    ok = mean <= threshold if below else mean >= threshold
+    spread = f" (seeds {min(values):.0f}–{max(values):.0f})" if len(values) > 1 else ""
+    return ("confirmed" if ok else "refuted"), f"{name} = {mean:.1f}{spread}"
+
+
+def _requirement(claim: str, parts: list[tuple[str, str]]) -> dict:
+    verdicts = [p[0] for p in parts]
+    outcome = ("not run" if not verdicts or "not run" in verdicts else "confirmed" if all(v == "confirmed" for v in verdicts)
+               else "refuted" if all(v == "refuted" for v in verdicts) else "partly")
+    return {"group": "lab", "claim": claim, "source": "the lab's design (docs/lab.md)", "verdict": outcome,
+            "rule": "threshold on the mean over seeds", "evidence": "; ".join(p[1] for p in parts)}
+
+
+def requirements(per_seed: list[dict]) -> list[dict]:
+    """The lab's own requirements (not papers' claims): the model retrieves in its window, fails at the target
+    unextended, and the best fine-tuned method retrieves at the target; thresholds on the mean over seeds."""
+    info = per_seed[0]["lab"]
+    labels = {r["label"] for r in per_seed[0]["runs"]}
+    factor = info["budget"].get("factor", 4)
+    multiples = info["budget"]["multiples"]
+    checks = []
+    if "none" in labels:
+        checks.append(_requirement("the pre-trained model retrieves in its window (pass key ≥ 95%, key–value ≥ 90%)",
+                                   [_threshold(per_seed, "none", "lab-passkey", 1, 95), _threshold(per_seed, "none", "lab-kv", 1, 90)]))
+        if factor in multiples:
+            checks.append(_requirement(f"unextended, it fails at {factor}× (≤ 10% on all items)",
+                                       [_threshold(per_seed, "none", t, factor, 10, below=True) for t in ("lab-passkey", "lab-kv")]))
+            checks.append(_requirement(f"unextended, it fails at {factor}× on the items beyond its window (needle ≥ the native window "
+                                       "before the answer: ≤ 10%)",
+                                       [_threshold(per_seed, "none", t, factor, 10, key="far", below=True) for t in ("lab-passkey", "lab-kv")]))
+    tuned = [label for label, arm in info["arms"].items() if arm == "target" and label != CONTROL and label in labels]
+    if tuned and factor in multiples:
+        def worst(label):
+            values = [_values(per_seed, label, t, factor) for t in ("lab-passkey", "lab-kv")]
+            return min(sum(v) / len(v) for v in values) if all(values) else -1.0
+
+        best = max(tuned, key=worst)
+        checks.append(_requirement(f"the best fine-tuned method retrieves ≥ 90% at the target ({factor}×)",
+                                   [_threshold(per_seed, best, t, factor, 90) for t in ("lab-passkey", "lab-kv")]))
+        checks[-1]["evidence"] = f"best: {best}; " + checks[-1]["evidence"]
+    return checks
+
+
+def claim_checks(per_seed: list[dict] | dict) -> list[dict]:
+    """Every claim of :data:`CLAIMS` (and EABF's layer rule), every trained row against ``ft-control`` on every
+    metric, and the lab's own requirements, from the per-seed results (one results dict per pre-training seed,
+    per-item samples kept; a single dict is one seed). Paired claim rows are decided at the target only."""
+    per_seed = [per_seed] if isinstance(per_seed, dict) else list(per_seed)
+    if not per_seed:
+        raise RopekitError("no per-seed results to check the claims on", "pass the results of at least one pre-training seed")
+    info = per_seed[0]["lab"]
+    labels = {r["label"] for r in per_seed[0]["runs"]}
+    factor = info["budget"].get("factor", 4)
+    checks = requirements(per_seed)
+    if {"ft-eabf", "eabf"} & labels:
+        layers = info["shape"].get("layers", 2)
+        if layers <= 2:
+            verdict, reason = "not decidable here", (f"the lab model has {layers} layers: with layers 0–1 unscaled EABF scales "
+                                                     "nothing and equals ABF, so the EABF rows scale every layer (as the reference code does)")
+        else:
+            verdict, reason = "not run", "needs an EABF row with the paper's layer rule (layers='auto') beside ft-eabf"
+        checks.append({"group": "paper", "key": "eabf-layers", "claim": LAYER_RULE[0], "source": LAYER_RULE[1], "verdict": verdict,
+                       "reason": reason, "evidence": reason})
+    if factor not in info["budget"]["multiples"]:
+        return checks
+    for claim in (*CLAIMS, *control_claims(info["arms"])):
+        for a, b in claim.pairs:
+            if {a, b} <= labels:
+                checks += [paired_row(per_seed, claim, a, b, metric, factor) for metric in claim.metrics]
+    return checks
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The old unpaired check (no claim uses it; kept for callers of the public name)
 
 PPL_TOLERANCE = 0.01
 
 
+def _cell(results: dict, label: str, task: str, multiple: int, key: str = "score"):
+    run = _run(results, label)
+    cell = (run or {}).get("results", {}).get(task, {}).get(str(multiple * results["lab"]["shape"]["native"]))
+    if cell is None or cell.get(key) is None:
+        return None
+    prefix = {"middle_third": "middle", "far": "far"}.get(key)
+    return {"mean": cell[key], "seeds": cell.get(f"{prefix}_seeds" if prefix else "seeds", [cell[key]]),
+            "n": cell.get(f"{prefix}_n" if prefix else "n", 0)}
+
+
 def compare(results: dict, a: str, b: str, task: str, multiple: int, key: str = "score", strict: bool = True) -> dict:
-    """Is row ``a`` better than row ``b`` (``strict``) or at least as good? Accuracies: the pooled difference against
-    two binomial standard errors, and how many seeds agree; perplexity: how many seeds agree."""
+    """Unpaired (superseded by the paired claim rows): is row ``a`` better than row ``b`` (``strict``) or at least as
+    good, on one cell of combined results? Accuracies: the pooled difference against two binomial standard errors and
+    most seeds agreeing; perplexity: every seed differing by more than :data:`PPL_TOLERANCE`."""
     x, y = _cell(results, a, task, multiple, key), _cell(results, b, task, multiple, key)
     if x is None or y is None:
         return {"verdict": "not run", "text": f"{a} vs {b}: not run"}
@@ -59,187 +322,10 @@ def compare(results: dict, a: str, b: str, task: str, multiple: int, key: str = 
         se = 100 * math.sqrt(pa * (1 - pa) / max(x["n"], 1) + pb * (1 - pb) / max(y["n"], 1))
         better, behind = diff > 2 * se and agree > seeds / 2, diff < -2 * se and worse > seeds / 2
         detail = f"{x['mean']:.1f} vs {y['mean']:.1f} (Δ {diff:+.1f} ± {2 * se:.1f}, {agree}/{seeds} seeds ahead)"
-    else:  # perplexity: a seed counts when the two differ by more than PPL_TOLERANCE
+    else:
         agree = sum(p < q * (1 - PPL_TOLERANCE) for p, q in zip(x["seeds"], y["seeds"]))
         worse = sum(p > q * (1 + PPL_TOLERANCE) for p, q in zip(x["seeds"], y["seeds"]))
         better, behind = agree == seeds, worse == seeds
         detail = f"{x['mean']:.2f} vs {y['mean']:.2f} ({agree}/{seeds} seeds lower by > {PPL_TOLERANCE:.0%})"
-    if better:
-        verdict = "confirmed"
-    elif behind:
-        verdict = "refuted"
-    else:
-        verdict = "not resolved" if strict else "tie"  # "a ≥ b" is consistent with a tie
+    verdict = "confirmed" if better else "refuted" if behind else "not resolved" if strict else "tie"
     return {"verdict": verdict, "text": detail, "diff": diff}
-
-
-def claim_checks(results: dict) -> list[dict]:
-    """The lab's own requirements and the papers' claims, each with the evidence and a verdict."""
-    labels = {r["label"] for r in results["runs"]}
-    multiples = results["lab"]["budget"]["multiples"]
-    checks = []
-
-    def add(group, claim, source, verdicts, evidence):
-        if not verdicts or "not run" in verdicts:
-            outcome = "not run"
-        elif all(v == "confirmed" for v in verdicts):
-            outcome = "confirmed"
-        elif all(v in ("confirmed", "tie") for v in verdicts):
-            outcome = "consistent (tie within noise)"
-        elif all(v == "refuted" for v in verdicts):
-            outcome = "refuted"
-        elif any(v in ("confirmed", "tie") for v in verdicts):
-            outcome = "partly"
-        else:
-            outcome = "not resolved"
-        checks.append({"group": group, "claim": claim, "source": source, "verdict": outcome, "evidence": evidence})
-
-    def at_least(label, task, multiple, threshold, key="score", below=False):
-        cell = _cell(results, label, task, multiple, key)
-        name = f"{label} {task}{' ' + key.replace('_', ' ') if key != 'score' else ''} @{multiple}×"
-        if cell is None:
-            return "not run", f"{name}: not run"
-        ok = cell["mean"] <= threshold if below else cell["mean"] >= threshold
-        spread = f" (seeds {min(cell['seeds']):.0f}–{max(cell['seeds']):.0f})" if len(cell["seeds"]) > 1 else ""
-        return ("confirmed" if ok else "refuted"), f"{name} = {cell['mean']:.1f}{spread}"
-
-    if "none" in labels:
-        parts = [at_least("none", "lab-passkey", 1, 95), at_least("none", "lab-kv", 1, 90)]
-        add("lab", "the pre-trained model retrieves in its window (pass key ≥ 95%, key–value ≥ 90%)", "issue",
-            [p[0] for p in parts], "; ".join(p[1] for p in parts))
-        if 4 in multiples:
-            parts = [at_least("none", task, 4, 10, below=True) for task in ("lab-passkey", "lab-kv")]
-            add("lab", "unextended, it fails at 4× (≤ 10% on all items)", "issue", [p[0] for p in parts], "; ".join(p[1] for p in parts))
-            parts = [at_least("none", task, 4, 10, key="far", below=True) for task in ("lab-passkey", "lab-kv")]
-            add("lab", "unextended, it fails at 4× on the items beyond its window (needle ≥ 128 tokens before the answer: ≤ 10%)",
-                "issue (re-scoped, docs/lab.md)", [p[0] for p in parts], "; ".join(p[1] for p in parts))
-    tuned = [r["label"] for r in results["runs"] if results["lab"]["arms"].get(r["label"]) == "target" and r["label"] != "ft-control"]
-    if tuned and 8 in multiples:
-        def worst(label):
-            cells = [_cell(results, label, t, m) for t in ("lab-passkey", "lab-kv") for m in (4, 8)]
-            return min(c["mean"] for c in cells)
-
-        best = max(tuned, key=worst)
-        parts = [at_least(best, t, m, 90) for t in ("lab-passkey", "lab-kv") for m in (4, 8)]
-        add("lab", "the best fine-tuned method retrieves ≥ 90% at 4× and 8×", "issue", [p[0] for p in parts],
-            f"best: {best}; " + "; ".join(p[1] for p in parts))
-    for a, b, strict in (("ft-eabf", "ft-abf", False), ("ft-abf", "ft-pi", True), ("ft-abf", "ft-yarn", True)):
-        if {a, b} <= labels:
-            for task in ("lab-passkey", "ppl"):
-                found = [(m, compare(results, a, b, task, m, strict=strict)) for m in (4, 8) if m in multiples]
-                add("paper", f"fine-tuned {a[3:].upper()} {'>' if strict else '≥'} {b[3:].upper()} on {'pass key' if task != 'ppl' else 'perplexity'}",
-                    "Zhang et al. 2024 (Entropy-ABF), Tables 2 and 4", [c["verdict"] for _, c in found],
-                    "; ".join(f"@{m}×: {c['text']}" for m, c in found))
-    for variant in ("pi", "yarn"):
-        a, b = f"cream-{variant}", f"pose-{variant}"
-        if {a, b} <= labels:
-            found = [(m, compare(results, a, b, "lab-kv", m, key="middle_third", strict=False)) for m in (2, 4) if m in multiples]
-            add("paper", f"CREAM ≥ PoSE on middle-third key–value retrieval within the target ({variant.upper()}, same budget)",
-                "Wu et al. 2024 (CREAM), Lost-in-the-Middle table", [c["verdict"] for _, c in found],
-                "; ".join(f"@{m}×: {c['text']}" for m, c in found))
-    if {"self-extend", "none"} <= labels:
-        parts = []
-        for task in ("lab-passkey", "lab-kv"):
-            reference = _cell(results, "none", task, 1)
-            if 4 in multiples:
-                parts.append(at_least("self-extend", task, 4, reference["mean"] - 10))
-        add("paper", "Self-Extend recovers retrieval at its target (4×) without training (within 10 points of the model's in-window accuracy)",
-            "Jin et al. 2024 (LLM Maybe LongLM)", [p[0] for p in parts], "; ".join(p[1] for p in parts))
-    if "ft-control" in labels:
-        for label in tuned:
-            found = [(m, compare(results, label, "ft-control", "lab-passkey", m)) for m in (4, 8) if m in multiples]
-            add("control", f"{label} beats the fine-tuned control (no RoPE change) on pass key", "lab-feasibility: a method that does not beat it has shown nothing",
-                [c["verdict"] for _, c in found], "; ".join(f"@{m}×: {c['text']}" for m, c in found))
-    return checks
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# lab.md
-
-
-def _machine() -> str:
-    import platform
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{model}, {os.cpu_count()} CPU cores, torch {torch.get_num_threads()} threads"
-
-
-def _format(cell, key="score", digits=0) -> str:
-    if cell is None or cell.get(key) is None:
-        return "-"
-    prefix = {"middle_third": "middle", "far": "far"}.get(key)
-    seeds = cell.get(f"{prefix}_seeds" if prefix else "seeds", [])
-    text = f"{cell[key]:.{digits}f}"
-    if len(seeds) > 1:
-        text += f" ({min(seeds):.{digits}f}–{max(seeds):.{digits}f})"
-    return text
-
-
-def lab_markdown(results: dict, checks: list[dict]) -> str:
-    from ...lengths import format_length
-
-    info = results["lab"]
-    native = info["shape"]["native"]
-    multiples = info["budget"]["multiples"]
-    seeds = info["seeds"]
-    cpu = sum(s["cpu_seconds"] for s in seeds)
-    wall = sum(s["seconds"] for s in seeds)
-    env = results["environment"]
-    device = "" if env["device"].startswith("CPU") else f"; {env['device']}"
-    lines = [f"# ropekit lab ({info['budget']['name']} budget, {len(seeds)} pre-training seed{'s' if len(seeds) > 1 else ''})", "",
-             f"- machine: {_machine()}{device}; torch {env['torch']}, transformers {env['transformers']}, ropekit {env['ropekit']}",
-             f"- command: `{env['command']}`",
-             f"- time: {wall:.0f} s wall, {cpu:.0f} s CPU (user+sys) in all; CPU/2 = {cpu / 2:.0f} s estimates the wall time on 2 quiet cores",
-             f"- model: {json.dumps(info['shape'])}, {seeds[0]['pretrain']['parameters']:,} parameters; native window {native}, "
-             f"every method extended to {info['budget']['factor']}× = {info['budget']['factor'] * native} tokens", ""]
-    lines += ["## Time per stage (seconds: wall / CPU; what each stage cost when it ran)", "",
-              "| seed | pre-training | trained rows | evaluation | total |", "|---|---|---|---|---|"]
-    for s in seeds:
-        st = s["stages"]
-        rows_wall = sum(v["seconds"] for v in st["extend"].values())
-        rows_cpu = sum(v["cpu_seconds"] for v in st["extend"].values())
-        lines.append(f"| {s['seed']} | {st['pretrain']['seconds']:.0f} / {st['pretrain']['cpu_seconds']:.0f} | {rows_wall:.0f} / {rows_cpu:.0f} | "
-                     f"{st['evaluate']['seconds']:.0f} / {st['evaluate']['cpu_seconds']:.0f} | {s['seconds']:.0f} / {s['cpu_seconds']:.0f} |")
-    lines += ["", "Pre-training learning curve (in-window accuracy %, evaluation split; CPU seconds of the training process):", "",
-              "| seed | " + " | ".join(f"step {p['step']}" for p in seeds[0]["pretrain"]["learning_curve"]) + " |",
-              "|---|" + "---|" * len(seeds[0]["pretrain"]["learning_curve"])]
-    for s in seeds:
-        lines.append(f"| {s['seed']} | " + " | ".join(f"{p['passkey']:.0f} / {p['kv']:.0f} ({p['cpu_seconds']:.0f} s)" for p in s["pretrain"]["learning_curve"]) + " |")
-    lines += ["", "(pass key / key–value)", ""]
-    spread = " Cells: mean over seeds (min–max)." if len(seeds) > 1 else ""
-    header = "| row | arm | " + " | ".join(f"{m}× ({format_length(m * native)})" for m in multiples) + " |"
-    rule = "|---|---|" + "---|" * len(multiples)
-    for task, title, digits in (("lab-passkey", "Pass key (accuracy %)", 0), ("lab-kv", "Key–value retrieval (accuracy %)", 0), ("ppl", "Perplexity (last 64 tokens, Paradise Lost)", 2)):
-        if task not in results["tasks"]:
-            continue
-        lines += [f"## {title}", "", f"n = {results['runs'][0]['results'][task][str(native)]['n']} items per cell in all.{spread}", "", header, rule]
-        for run in results["runs"]:
-            cells = [_format(run["results"][task].get(str(m * native)), digits=digits) for m in multiples]
-            lines.append(f"| {run['label']} | {ARMS[info['arms'][run['label']]]} | " + " | ".join(cells) + " |")
-        lines.append("")
-        extra = [("far", f"Beyond the window (needle at least {native} tokens before the answer):")]
-        if task == "lab-kv":
-            extra.insert(0, ("middle_third", "Middle third (gold pair at depth 1/3–2/3):"))
-        for key, caption in extra if task != "ppl" else []:
-            lines += [caption, "", header, rule]
-            for run in results["runs"]:
-                cells = [_format(run["results"][task].get(str(m * native)), key=key) for m in multiples]
-                lines.append(f"| {run['label']} | {ARMS[info['arms'][run['label']]]} | " + " | ".join(cells) + " |")
-            lines.append("")
-    lines += ["## Claims", "", "| group | claim | source | verdict | evidence |", "|---|---|---|---|---|"]
-    for c in checks:
-        lines.append(f"| {c['group']} | {c['claim']} | {c['source']} | **{c['verdict']}** | {c['evidence']} |")
-    lines += ["", "Verdicts: accuracies compare the seed-pooled difference with two binomial standard errors (±) and need most "
-              f"seeds to agree; perplexities need every seed to differ by more than {PPL_TOLERANCE:.0%} the same way. A ≥ claim "
-              "holds as a tie unless the row is clearly behind; a > claim within the noise is 'not resolved'.", "",
-              "Plots and per-task tables: `report.md` / `report.html` (seed means); each `seed-<k>/` has its own report.", ""]
-    return "\n".join(lines)

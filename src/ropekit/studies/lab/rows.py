@@ -1,5 +1,7 @@
 """The lab's rows and how one seed of the lab runs: the row table (:class:`Row`, :data:`ROWS`, :data:`ARMS`,
-:func:`get_rows`), the budgets (:class:`Budget`, :data:`BUDGETS`), the cached pre-training (:func:`pretrained_dir`,
+:func:`get_rows`), how each row is configured for the target (:func:`abf_theta_factor`, :func:`configured_params`,
+:func:`configured_range`), the evaluation item sets (:data:`ITEM_SETS`, :func:`evaluation_seed`), the budgets
+(:class:`Budget`, :data:`BUDGETS`), the cached pre-training (:func:`pretrained_dir`,
 :func:`pretrain`), one row's extension and training (:func:`train_row`), one pre-training seed end to end
 (:func:`run_seed`: pre-train → train every row → evaluate → report) and several seeds merged into one results dict
 (:func:`combine`).
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -57,6 +60,7 @@ ROWS = (
     Row("yarn", "yarn", "free"),
     Row("eabf", "eabf", "free", params=EABF),
     Row("self-extend", "self_extend", "free"),
+    Row("pi", "linear", "free"),  # training-free PI: the baseline of YaRN's training-free claim (YaRN > PI)
     Row("ft-control", "none", "target"),
     Row("ft-pi", "linear", "target"),
     Row("ft-yarn", "yarn", "target"),
@@ -85,6 +89,74 @@ def get_rows(labels: list[str] | None = None) -> list[Row]:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Every method configured for the length it is claimed at (the target factor)
+
+# ABF's base for a target factor s: θ' = θ·50^(ln s / ln 4). Entropy-ABF (Zhang et al. 2024, Table 1; its reference
+# code's _init_rope_new) fine-tunes Llama-2 from 4K to 16K (s = 4) with θ 10,000 → 500,000 (×50), ABF's base as
+# Xiong et al. 2023 set it; neither paper derives the base from the length. The rule keeps exactly that ×50 at the
+# paper's own factor, where the lab makes its claims, and grows the base as a power of s elsewhere (×1 at s = 1,
+# ×7.1 at 2×, ×354 at 8×), so a lab run at another factor configures ABF for that factor as PI and YaRN are. Not the
+# NTK-aware θ·s^(d/(d-2)) (×4.4 at 4× for head_dim 32): that is the smallest base stretching the longest wavelength
+# by s, i.e. static NTK, a different method; ABF's papers use a far larger base on purpose.
+ABF_PAPER_FACTOR = 4.0
+ABF_PAPER_THETA_FACTOR = 50.0
+
+
+def abf_theta_factor(factor: float) -> float:
+    """ABF's base multiplier θ'/θ for a target factor: ``50 ** (ln factor / ln 4)`` (exactly 50 at 4×)."""
+    if not factor >= 1:
+        raise RopekitError(f"ABF's base rule needs a target factor ≥ 1, got {factor!r}", "use the budget's factor, e.g. 4")
+    return float(ABF_PAPER_THETA_FACTOR ** (math.log(factor) / math.log(ABF_PAPER_FACTOR)))
+
+
+def configured_params(row: Row, factor: float) -> dict:
+    """The method parameters a row is extended with at ``factor``: the row's own, plus ABF's base by
+    :func:`abf_theta_factor` for ``abf`` / ``eabf`` rows that set no base. PI, YaRN, dynamic NTK and Self-Extend
+    take the same factor from the target length itself (``target_length = factor × native``)."""
+    params = dict(row.params)
+    if row.method in ("abf", "eabf") and params.get("theta") is None and params.get("theta_factor") is None:
+        params["theta_factor"] = abf_theta_factor(factor)
+    return params
+
+
+def configured_range(row: Row, factor: int, native: int) -> str:
+    """The lengths a row is configured for, as the robustness table names it."""
+    target = f"{factor}× ({factor * native} tokens)"
+    if row.method == "none" and row.arm == "free":
+        return f"1× ({native} tokens): not extended"
+    if row.method == "none":
+        return f"RoPE unchanged (1×); trained for {target}" + ("" if row.arm == "target" else f" with {row.strategy} positions")
+    if row.method == "dynamic":
+        return f"θ grows with the input length (factor {factor}); no fixed range"
+    extra = f", θ ×{abf_theta_factor(factor):g} by the ABF rule" if row.method in ("abf", "eabf") else ""
+    how = {"free": "", "target": ", fine-tuned there", "native": f", {row.strategy} positions over it"}[row.arm]
+    return f"up to {target}{extra}{how}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Evaluation items: a dev set for design, a test set per pre-training seed for the committed table
+
+ITEM_SETS = ("dev", "test")
+DEV_SEED = 0  # the items every design run so far was scored on (θ, the data mix, the --quick tables)
+# Test items: evaluation seed 2000 + k for pre-training seed k. Seeds already taken: 0 (the lab's dev items),
+# 1 (the pre-training learning curve; benchmarks/lab_keep_the_model.py's dev items), 1000 (that benchmark's test items).
+TEST_SEED_BASE = 2000
+
+
+def evaluation_seed(items: str, pretrain_seed: int) -> int:
+    """The evaluation seed (the ``k`` of ``random.Random("lab-eval-…-k-…")``) of an item set for a pre-training seed:
+    ``dev`` → 0 for every pre-training seed (the items design runs used); ``test`` → 2000 + the pre-training seed,
+    so each seed gets its own items, never used by a design run."""
+    if items not in ITEM_SETS:
+        raise RopekitError(f"unknown item set {items!r}", f"choose one of: {', '.join(ITEM_SETS)}")
+    if items == "dev":
+        return DEV_SEED
+    if pretrain_seed < 0:
+        raise RopekitError(f"test items need a pre-training seed ≥ 0, got {pretrain_seed}", "use seeds such as 0,1,2")
+    return TEST_SEED_BASE + pretrain_seed
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Budgets
 
 
@@ -92,7 +164,8 @@ def get_rows(labels: list[str] | None = None) -> list[Row]:
 class Budget:
     """What one lab run costs: the pre-training, the extension budget every trained row gets (the same tokens and
     optimizer steps: ``extend_steps`` × ``extend_tokens`` tokens, i.e. batch 8 at 4× or batch 32 at 1×), the
-    evaluation grid (multiples of the native window) and the evaluation sizes."""
+    evaluation grid (multiples of the native window), the evaluation sizes and the item set (``items``: ``dev`` for
+    design and ``--quick``, ``test`` for the committed table; :func:`evaluation_seed`)."""
 
     name: str
     pretrain: Schedule
@@ -105,6 +178,7 @@ class Budget:
     tasks: dict = field(default_factory=dict)
     rows: tuple[str, ...] | None = None  # None: every row of ROWS
     curve_every: int = 500
+    items: str = "test"
 
     def extend_schedule(self, length: int) -> Schedule:
         return Schedule(self.extend_steps, self.extend_tokens // length, length, self.extend_learning_rate, self.extend_warmup,
@@ -119,7 +193,7 @@ BUDGETS = {
     "quick": Budget("quick", replace(_PRETRAIN, steps=1000), extend_steps=60, multiples=(1, 2, 4),
                     tasks={"lab-passkey": {"trials": 50, "batch_size": 10}, "lab-kv": {"trials": 4, "batch_size": 12},
                            "ppl": {"windows": 8, "tail": 64}},
-                    rows=("none", "dynamic", "yarn", "self-extend", "cream-yarn"), curve_every=250),
+                    rows=("none", "dynamic", "yarn", "self-extend", "cream-yarn"), curve_every=250, items="dev"),
 }
 
 
@@ -179,10 +253,12 @@ def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progre
     from ...extension import extend
     from ...models import load_model
 
+    params = configured_params(row, budget.factor)
     done = out / "lab_row.json"
     if done.is_file():
         kept = json.loads(done.read_text())
-        if kept.get("base") == str(base) and kept.get("row") == _as_json(asdict(row)):  # compared as written (sets become lists)
+        if (kept.get("base") == str(base) and kept.get("row") == _as_json(asdict(row))  # compared as written (sets become lists)
+                and kept.get("params", _as_json(row.params)) == _as_json(params)):
             return out
     if out.exists():
         shutil.rmtree(out)
@@ -191,11 +267,11 @@ def train_row(row: Row, base: Path, budget: Budget, out: Path, seed: int, progre
     model, tokenizer = load_model(base, device="cpu" if not torch.cuda.is_available() else "auto", dtype="float32")
     native = model.config.max_position_embeddings
     target = budget.factor * native
-    extend(model, row.method, target_length=target, **row.params)
+    extend(model, row.method, target_length=target, **params)
     length = target if row.arm == "target" else native
     summary = train_lab(model, tokenizer, budget.extend_schedule(length), out, seed, strategy=row.strategy, target_length=target,
                         strategy_params=row.strategy_params, trainer=row.trainer, dataset=row.dataset, progress=progress)
-    record = {"row": asdict(row), "base": str(base), **summary, "cost": _cost(started, cpu)}
+    record = {"row": asdict(row), "params": params, "base": str(base), **summary, "cost": _cost(started, cpu)}
     (out / "lab_row.json").write_text(json.dumps(record, indent=1, default=_json_default))
     return out
 
@@ -212,7 +288,8 @@ def _as_json(value):
 def run_seed(budget: Budget, rows: list[Row], seed: int, out: Path, device: str = "auto", progress: bool = True,
              shape: Shape = Shape()) -> dict:
     """One complete lab for one pre-training seed: pre-train (cached) → train every trained row → evaluate every
-    row (resumable) → report. Returns the results dict, with the lab's timings under ``results["lab"]``."""
+    row (resumable) on the budget's item set → report. Returns the results dict, with the lab's timings, the item set
+    and its evaluation seed and each row's configuration under ``results["lab"]``."""
     from ...eval.runner import RunSpec, evaluate
     from ..report import render
 
@@ -221,10 +298,12 @@ def run_seed(budget: Budget, rows: list[Row], seed: int, out: Path, device: str 
     # what each stage cost when it ran (a cached stage reports its original cost)
     stages = {"pretrain": json.loads((base / "lab_pretrain.json").read_text())["cost"], "extend": {}}
     target = budget.factor * shape.native
+    eval_seed = evaluation_seed(budget.items, seed)
     specs = []
     for row in rows:
         if row.arm == "free":
-            specs.append(RunSpec(str(base), None if row.method == "none" else row.method, dict(row.params), target, label=row.label))
+            specs.append(RunSpec(str(base), None if row.method == "none" else row.method, configured_params(row, budget.factor), target,
+                                 label=row.label))
             continue
         path = train_row(row, base, budget, out / "runs" / row.label, seed, progress)
         stages["extend"][row.label] = json.loads((path / "lab_row.json").read_text())["cost"]
@@ -232,16 +311,20 @@ def run_seed(budget: Budget, rows: list[Row], seed: int, out: Path, device: str 
     started, cpu = time.time(), time.process_time()
     lengths = [m * shape.native for m in budget.multiples]
     _say(progress, f"lab: evaluating {len(specs)} rows at {', '.join(map(str, lengths))} tokens")
-    results = evaluate(specs, budget.tasks, lengths, out, seed=0, device=device, kind="lab", progress=progress)
+    results = evaluate(specs, budget.tasks, lengths, out, seed=eval_seed, device=device, kind="lab", progress=progress)
     spent = out / "lab_evaluation_cost.json"  # evaluation resumes from its cache: the cost adds up over the calls
     before = json.loads(spent.read_text()) if spent.is_file() else {"seconds": 0.0, "cpu_seconds": 0.0}
     now = _cost(started, cpu)
     stages["evaluate"] = {k: round(before[k] + now[k], 1) for k in now}
     spent.write_text(json.dumps(stages["evaluate"]))
     total = {k: round(stages["pretrain"][k] + sum(v[k] for v in stages["extend"].values()) + stages["evaluate"][k], 1) for k in now}
+    configured = {r.label: {"params": _as_json(configured_params(r, budget.factor)), "range": configured_range(r, budget.factor, shape.native)}
+                  for r in rows}
     results["lab"] = {"budget": asdict(budget), "shape": asdict(shape), "pretrain_seed": seed, "pretrained": str(base),
+                      "items": budget.items, "eval_seed": eval_seed,
                       "pretrain_summary": json.loads((base / "lab_pretrain.json").read_text()),
-                      "rows": [asdict(r) for r in rows], "arms": {r.label: r.arm for r in rows}, "stages": stages, **total}
+                      "rows": [asdict(r) for r in rows], "arms": {r.label: r.arm for r in rows}, "configured": configured,
+                      "stages": stages, **total}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     render(out)
     return results
@@ -249,7 +332,9 @@ def run_seed(budget: Budget, rows: list[Row], seed: int, out: Path, device: str 
 
 def combine(per_seed: list[dict]) -> dict:
     """Results of several pre-training seeds → one results dict (same schema) whose scores are the seed means, with
-    ``seeds`` (the per-seed scores), ``min``/``max`` and the pooled ``n`` in every cell."""
+    ``seeds`` (the per-seed scores), ``min``/``max`` and the pooled ``n`` in every cell; ``lab.items`` is the item set
+    and ``lab.seeds[i].eval_seed`` each seed's evaluation seed. Per-item outcomes stay in the per-seed results (the
+    claims pair them, :func:`ropekit.studies.lab.claims.claim_checks`)."""
     first = per_seed[0]
     runs = []
     for index, run in enumerate(first["runs"]):
@@ -278,8 +363,9 @@ def combine(per_seed: list[dict]) -> dict:
     combined = {k: v for k, v in first.items() if k not in ("runs", "lab", "path")}
     combined.update({"runs": runs, "kind": f"lab (mean of {len(per_seed)} pre-training seeds)" if len(per_seed) > 1 else "lab",
                      "seconds": round(sum(r["lab"]["seconds"] for r in per_seed), 1)})
-    combined["lab"] = {**{k: v for k, v in first["lab"].items() if k not in ("pretrain_seed", "pretrained", "pretrain_summary", "stages", "seconds", "cpu_seconds")},
-                       "seeds": [{"seed": r["lab"]["pretrain_seed"], "pretrained": r["lab"]["pretrained"], "stages": r["lab"]["stages"],
+    combined["lab"] = {**{k: v for k, v in first["lab"].items() if k not in ("pretrain_seed", "eval_seed", "pretrained", "pretrain_summary", "stages", "seconds", "cpu_seconds")},
+                       "seeds": [{"seed": r["lab"]["pretrain_seed"], "eval_seed": r["lab"].get("eval_seed", DEV_SEED),
+                                  "pretrained": r["lab"]["pretrained"], "stages": r["lab"]["stages"],
                                   "seconds": r["lab"]["seconds"], "cpu_seconds": r["lab"]["cpu_seconds"],
                                   "pretrain": {k: r["lab"]["pretrain_summary"].get(k) for k in ("steps", "seconds", "cpu_seconds", "parameters", "learning_curve", "threads")}}
                                  for r in per_seed]}

@@ -3,7 +3,7 @@
 The lab scores every row on the same evaluation items (same seeds, same lengths), so two rows can be compared item by
 item: the paired difference cancels the items' own difficulty, which two independent accuracies do not. This module
 turns per-item outcomes into a verdict with a stated rule; it imports only numpy and the standard library, and
-:mod:`ropekit.studies.lab.claims` does not use it yet.
+:mod:`ropekit.studies.lab.claims` decides every claim with it.
 
 **Inputs.** For each pre-training seed, two equal-length sequences of per-item outcomes, A's and B's, item ``i`` of
 both being the same item: booleans (retrieval: correct or not; counted as 1/0) or floats (e.g. per-item losses, with
@@ -17,7 +17,11 @@ items of all seeds (each item weighs the same).
 ``resamples`` times (default 2,000), each seed's items are drawn with replacement, within their seed; a seed's
 interval is the ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of its resampled means, the pooled interval those
 of the pooled means of the same draws (the items of all seeds pooled as one paired sample, resampled within seed).
-The generator is ``numpy.random.default_rng(rng_seed)`` (default 0): the same input gives the same intervals.
+With ``shared_items=True`` (every seed was scored on the SAME items, item ``i`` of each seed being one item: the
+lab's dev items, or perplexity windows, which take no seed) one draw of item indices serves every seed, so the
+pooled interval resamples items, not item × seed pairs, and identical items are not counted as independent
+evidence. The generator is ``numpy.random.default_rng(rng_seed)`` (default 0): the same input gives the same
+intervals.
 
 **Verdicts** (``claim``):
 
@@ -36,7 +40,8 @@ The generator is ``numpy.random.default_rng(rng_seed)`` (default 0): the same in
       "higher_is_better": bool,
       "margin": float,                  # 0.0 for "better"
       "level": float,                   # 0.95
-      "method": "paired bootstrap over items, resampled within seed",
+      "method": "paired bootstrap over items, resampled within seed",   # "…, one draw for every seed (shared items)"
+      "shared_items": bool,
       "resamples": int,                 # 2000
       "rng_seed": int,                  # 0
       "seeds": [                        # one entry per seed, in input order
@@ -66,6 +71,7 @@ import numpy as np
 
 CLAIMS = ("better", "at_least")
 METHOD = "paired bootstrap over items, resampled within seed"
+SHARED = "paired bootstrap over items, one draw for every seed (shared items)"
 _CHUNK = 256  # resamples drawn at a time (bounds memory for long item lists)
 
 
@@ -98,10 +104,10 @@ def _num(x: float) -> str:
 
 def paired_verdict(per_seed_a: Sequence[Sequence], per_seed_b: Sequence[Sequence], higher_is_better: bool = True,
                    claim: str = "better", margin: float = 0.0, resamples: int = 2000, level: float = 0.95,
-                   rng_seed: int = 0) -> dict:
+                   rng_seed: int = 0, shared_items: bool = False) -> dict:
     """Compare A with B on paired per-item outcomes, one pair of sequences per seed; see the module docstring for
     the rule and the returned dict. ``claim``: ``"better"`` (A > B) or ``"at_least"`` (A ≥ B − ``margin``; a margin
-    is refused for ``"better"``)."""
+    is refused for ``"better"``). ``shared_items``: every seed holds the same items in the same order."""
     if claim not in CLAIMS:
         raise ValueError(f"claim must be one of {CLAIMS}, got {claim!r}")
     if not (margin >= 0 and math.isfinite(margin)):
@@ -119,10 +125,20 @@ def paired_verdict(per_seed_a: Sequence[Sequence], per_seed_b: Sequence[Sequence
 
     # one set of draws: each seed's resampled sums give its own interval and, summed over seeds, the pooled one
     sums = np.zeros((len(seeds), resamples))
-    for s, (_, _, d) in enumerate(seeds):
-        for start in range(0, resamples, _CHUNK):
+    if shared_items:
+        if len({d.size for _, _, d in seeds}) != 1:
+            raise ValueError("shared_items: every seed must hold the same items, but their counts differ")
+        size = seeds[0][2].size
+        for start in range(0, resamples, _CHUNK):  # one draw of item indices for every seed
             count = min(_CHUNK, resamples - start)
-            sums[s, start:start + count] = d[rng.integers(0, d.size, size=(count, d.size))].sum(axis=1)
+            draw = rng.integers(0, size, size=(count, size))
+            for s, (_, _, d) in enumerate(seeds):
+                sums[s, start:start + count] = d[draw].sum(axis=1)
+    else:
+        for s, (_, _, d) in enumerate(seeds):
+            for start in range(0, resamples, _CHUNK):
+                count = min(_CHUNK, resamples - start)
+                sums[s, start:start + count] = d[rng.integers(0, d.size, size=(count, d.size))].sum(axis=1)
 
     rows = []
     for s, (a, b, d) in enumerate(seeds):
@@ -140,7 +156,7 @@ def paired_verdict(per_seed_a: Sequence[Sequence], per_seed_b: Sequence[Sequence
     even = len(rows) - favour_a - favour_b
     verdict, reason = _decide(claim, margin, pooled, favour_a, favour_b, even, len(rows), level)
     return {"claim": claim, "higher_is_better": bool(higher_is_better), "margin": float(margin), "level": float(level),
-            "method": METHOD, "resamples": resamples, "rng_seed": int(rng_seed), "seeds": rows, "pooled": pooled,
+            "method": SHARED if shared_items else METHOD, "shared_items": bool(shared_items), "resamples": resamples, "rng_seed": int(rng_seed), "seeds": rows, "pooled": pooled,
             "favour_a": favour_a, "favour_b": favour_b, "even": even, "verdict": verdict, "reason": reason}
 
 
