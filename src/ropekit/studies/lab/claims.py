@@ -3,7 +3,8 @@
 requirements, each with its evidence and a verdict) and :func:`compare` (the old unpaired check, kept for callers).
 
 **Every verdict is paired** (:func:`ropekit.studies.lab.verdicts.paired_verdict`): two rows are compared on the
-same evaluation items — per item for pass key and key–value (``samples[i]["correct"]``), per window for perplexity
+same evaluation items — per item for pass key, key–value and binding (``samples[i]["correct"]``; binding, the main
+task, only where the lab evaluated ``lab-bind``), per window for perplexity
 (each window's mean NLL over its last ``tail`` tokens; the windows both rows hold, should a resumed evaluation have
 placed some elsewhere) — one pair of sequences per pre-training seed, at the target
 (``factor`` × native) only; beyond-target lengths go to the robustness table of ``lab.md``, never into a verdict.
@@ -35,6 +36,7 @@ from .verdicts import paired_verdict
 LEVEL = 0.95
 RESAMPLES = 2000
 CEILING = 0.95  # B at or above this accuracy leaves no room for A's gain to show
+BIND_CEILING = 98.0  # issue 30: no row a claim compares may reach this binding accuracy (%) at the target
 MARGINS = {"accuracy": 0.05, "nll": math.log(1.02)}  # non-inferiority: 5 points; 2% perplexity
 
 
@@ -55,8 +57,12 @@ class Metric:
 PASSKEY = Metric("pass key", "lab-passkey")
 KV = Metric("key–value", "lab-kv")
 KV_MIDDLE = Metric("key–value, middle third", "lab-kv", "middle_third")
+BIND = Metric("binding", "lab-bind")
+BIND_MIDDLE = Metric("binding, middle third", "lab-bind", "middle_third")
 PPL = Metric("perplexity", "ppl", unit="nll")
-METRICS = (PASSKEY, KV, PPL)  # every metric: pass key, the main task (key–value retrieval), perplexity
+# every metric: pass key (the sanity task), key–value retrieval, binding (the main task, off the ceiling at the target)
+# and perplexity; a metric whose task a lab did not evaluate is left out of its claims (labs without lab-bind)
+METRICS = (PASSKEY, KV, BIND, PPL)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ CLAIMS = (
           (("ft-abf", "ft-pi"), ("ft-abf", "ft-yarn")), "better"),
     Claim("cream>=pose", "CREAM ≥ PoSE in the middle third at the target, same budget",
           "Wu et al. 2024 (CREAM), arXiv 2406.07138, lost-in-the-middle results", (("cream-pi", "pose-pi"), ("cream-yarn", "pose-yarn")),
-          "at_least", (KV_MIDDLE, *METRICS)),
+          "at_least", (KV_MIDDLE, BIND_MIDDLE, *METRICS)),
     Claim("native~target", "trained at the native window with positions over the target, a model reaches the target like one "
           "fine-tuned at the target length", "Zhu et al. 2024 (PoSE), arXiv 2309.10400; Wu et al. 2024 (CREAM)",
           (("pose-pi", "ft-pi"), ("cream-pi", "ft-pi"), ("pose-yarn", "ft-yarn"), ("cream-yarn", "ft-yarn")), "at_least", gain=False),
@@ -237,16 +243,20 @@ def requirements(per_seed: list[dict]) -> list[dict]:
     labels = {r["label"] for r in per_seed[0]["runs"]}
     factor = info["budget"].get("factor", 4)
     multiples = info["budget"]["multiples"]
+    bind = BIND.task in evaluated(per_seed)
+    retrieval = ("lab-passkey", "lab-kv", *((BIND.task,) if bind else ()))
     checks = []
     if "none" in labels:
-        checks.append(_requirement("the pre-trained model retrieves in its window (pass key ≥ 95%, key–value ≥ 90%)",
-                                   [_threshold(per_seed, "none", "lab-passkey", 1, 95), _threshold(per_seed, "none", "lab-kv", 1, 90)]))
+        checks.append(_requirement("the pre-trained model retrieves in its window (pass key ≥ 95%, key–value ≥ 90%"
+                                   + (", binding ≥ 90%)" if bind else ")"),
+                                   [_threshold(per_seed, "none", "lab-passkey", 1, 95), _threshold(per_seed, "none", "lab-kv", 1, 90),
+                                    *([_threshold(per_seed, "none", BIND.task, 1, 90)] if bind else [])]))
         if factor in multiples:
             checks.append(_requirement(f"unextended, it fails at {factor}× (≤ 10% on all items)",
-                                       [_threshold(per_seed, "none", t, factor, 10, below=True) for t in ("lab-passkey", "lab-kv")]))
+                                       [_threshold(per_seed, "none", t, factor, 10, below=True) for t in retrieval]))
             checks.append(_requirement(f"unextended, it fails at {factor}× on the items beyond its window (needle ≥ the native window "
                                        "before the answer: ≤ 10%)",
-                                       [_threshold(per_seed, "none", t, factor, 10, key="far", below=True) for t in ("lab-passkey", "lab-kv")]))
+                                       [_threshold(per_seed, "none", t, factor, 10, key="far", below=True) for t in retrieval]))
     tuned = [label for label, arm in info["arms"].items() if arm == "target" and label != CONTROL and label in labels]
     if tuned and factor in multiples:
         def worst(label):
@@ -257,7 +267,28 @@ def requirements(per_seed: list[dict]) -> list[dict]:
         checks.append(_requirement(f"the best fine-tuned method retrieves ≥ 90% at the target ({factor}×)",
                                    [_threshold(per_seed, best, t, factor, 90) for t in ("lab-passkey", "lab-kv")]))
         checks[-1]["evidence"] = f"best: {best}; " + checks[-1]["evidence"]
+    compared = sorted({label for claim in CLAIMS for pair in claim.pairs for label in pair if set(pair) <= labels}
+                      | {label for label, arm in info["arms"].items() if arm != "free" and label in labels})
+    if bind and compared and factor in multiples:
+        # the main task exists to leave room for a gain: a compared row at its ceiling makes its claims ties again
+        checks.append(_requirement(f"the main task is off the ceiling at the target: every compared row < {BIND_CEILING:.0f}% "
+                                   f"binding at {factor}×",
+                                   [_below(per_seed, label, BIND.task, factor, BIND_CEILING) for label in compared]))
     return checks
+
+
+def _below(per_seed, label, task, multiple, ceiling) -> tuple[str, str]:
+    """Confirmed when the seed mean is strictly below ``ceiling``."""
+    verdict, text = _threshold(per_seed, label, task, multiple, ceiling)
+    return {"confirmed": "refuted", "refuted": "confirmed"}.get(verdict, verdict), text
+
+
+def evaluated(per_seed: list[dict]) -> set[str]:
+    """The tasks a lab evaluated: its results' ``tasks`` (or, without them, every task some run holds)."""
+    first = per_seed[0]
+    if "tasks" in first:
+        return set(first["tasks"])
+    return {task for run in first["runs"] for task in run.get("results", {})}
 
 
 def claim_checks(per_seed: list[dict] | dict) -> list[dict]:
@@ -282,10 +313,11 @@ def claim_checks(per_seed: list[dict] | dict) -> list[dict]:
                        "reason": reason, "evidence": reason})
     if factor not in info["budget"]["multiples"]:
         return checks
+    tasks = evaluated(per_seed)
     for claim in (*CLAIMS, *control_claims(info["arms"])):
         for a, b in claim.pairs:
             if {a, b} <= labels:
-                checks += [paired_row(per_seed, claim, a, b, metric, factor) for metric in claim.metrics]
+                checks += [paired_row(per_seed, claim, a, b, metric, factor) for metric in claim.metrics if metric.task in tasks]
     return checks
 
 

@@ -86,7 +86,7 @@ def _claims(checks: list[dict], group: str, title: str, note: str = "") -> list[
     return lines + [""]
 
 
-RULE = (f"Every verdict pairs two rows on the same items (pass key and key–value per item, Δ in points of accuracy; perplexity "
+RULE = (f"Every verdict pairs two rows on the same items (pass key, key–value and binding per item, Δ in points of accuracy; perplexity "
         f"per window, Δ in nats of mean NLL, positive = A better) with a {LEVEL:.0%} paired bootstrap interval over items, per "
         "seed and pooled: 'A > B' is confirmed when every seed favours A and the pooled interval lies above 0 (refuted: every "
         f"seed favours B and it lies below 0), 'A ≥ B' is confirmed when the pooled lower bound is above −{100 * MARGINS['accuracy']:.0f} "
@@ -134,6 +134,7 @@ def lab_markdown(results: dict, checks: list[dict]) -> str:
     header = "| row | arm | " + " | ".join(f"{m}× ({format_length(m * native)})" for m in inside) + " |"
     rule = "|---|---|" + "---|" * len(inside)
     tasks = [(t, title, d) for t, title, d in (("lab-passkey", "Pass key (accuracy %)", 0), ("lab-kv", "Key–value retrieval (accuracy %)", 0),
+                                                ("lab-bind", "Binding: key–value among near-miss keys, numbers in the haystack (accuracy %)", 0),
                                                 ("ppl", "Perplexity (last 64 tokens, Paradise Lost)", 2)) if t in results["tasks"]]
     for task, title, digits in tasks:
         lines += [f"## {title}", "", f"n = {results['runs'][0]['results'][task][str(native)]['n']} items per cell in all.{spread}", "", header, rule]
@@ -142,7 +143,7 @@ def lab_markdown(results: dict, checks: list[dict]) -> str:
             lines.append(f"| {run['label']} | {ARMS[info['arms'][run['label']]]} | " + " | ".join(cells) + " |")
         lines.append("")
         extra = [("far", f"Beyond the window (needle at least {native} tokens before the answer):")]
-        if task == "lab-kv":
+        if task in ("lab-kv", "lab-bind"):
             extra.insert(0, ("middle_third", "Middle third (gold pair at depth 1/3–2/3):"))
         for key, caption in extra if task != "ppl" else []:
             lines += [caption, "", header, rule]
@@ -153,7 +154,7 @@ def lab_markdown(results: dict, checks: list[dict]) -> str:
     if beyond:
         configured = info.get("configured", {})
         cols = [(t, m) for t, _, _ in tasks for m in beyond]
-        names = {"lab-passkey": "pass key", "lab-kv": "key–value", "ppl": "perplexity"}
+        names = {"lab-passkey": "pass key", "lab-kv": "key–value", "lab-bind": "binding", "ppl": "perplexity"}
         lines += ["## Robustness beyond the target (no claim uses these cells)", "",
                   f"Every row is configured for the target ({factor}×) at most; these lengths lie outside each row's configured range "
                   "(dynamic NTK aside, whose base follows the input).", "",

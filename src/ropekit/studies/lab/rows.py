@@ -1,7 +1,7 @@
 """The lab's rows and how one seed of the lab runs: the row table (:class:`Row`, :data:`ROWS`, :data:`ARMS`,
 :func:`get_rows`), how each row is configured for the target (:func:`abf_theta_factor`, :func:`configured_params`,
 :func:`configured_range`), the evaluation item sets (:data:`ITEM_SETS`, :func:`evaluation_seed`), the budgets
-(:class:`Budget`, :data:`BUDGETS`), the cached pre-training (:func:`pretrained_dir`,
+(:class:`Budget`, :data:`BUDGETS`; :func:`with_bind` adds the binding task), the cached pre-training (:func:`pretrained_dir`,
 :func:`pretrain`), one row's extension and training (:func:`train_row`), one pre-training seed end to end
 (:func:`run_seed`: pre-train → train every row → evaluate → report) and several seeds merged into one results dict
 (:func:`combine`).
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ...errors import RopekitError
-from .data import SENTENCE_END_IDS, TEXT_SOURCES, VOCABULARY, lab_tokenizer
+from .data import BIND_MIX, SENTENCE_END_IDS, TEXT_SOURCES, VOCABULARY, Mix, lab_tokenizer
 from .model import LearningCurve, Schedule, Shape, lab_model, train_lab
 
 
@@ -196,6 +196,16 @@ BUDGETS = {
                     rows=("none", "dynamic", "yarn", "self-extend", "cream-yarn"), curve_every=250, items="dev"),
 }
 
+BIND_TASK = {"trials": 12, "batch_size": 12}  # lab-bind's evaluation size (8 pairs by default: 96 items per length)
+
+
+def with_bind(budget: Budget, mix: Mix = BIND_MIX, task: dict | None = None) -> Budget:
+    """``budget`` with binding rows in its pre-training and extension mixture (``mix``) and ``lab-bind`` among its
+    tasks (``task``: its options, :data:`BIND_TASK` by default), named ``<name>-bind``. The mixture is in the
+    pre-training's cache key, so the model is pre-trained afresh; the budgets of :data:`BUDGETS` are unchanged."""
+    return replace(budget, name=f"{budget.name}-bind", pretrain=replace(budget.pretrain, mix=mix),
+                   tasks={**budget.tasks, "lab-bind": dict(BIND_TASK if task is None else task)})
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The recipe, top to bottom
@@ -210,7 +220,8 @@ def pretrained_dir(budget: Budget, shape: Shape, seed: int) -> Path:
     from ...version import __version__
     from ...embedded import cache_dir
 
-    recipe = {"shape": asdict(shape), "schedule": asdict(budget.pretrain), "vocabulary": VOCABULARY, "seed": seed,
+    schedule = {**asdict(budget.pretrain), "mix": budget.pretrain.mix.identity()}  # binding off: the key it always had
+    recipe = {"shape": asdict(shape), "schedule": schedule, "vocabulary": VOCABULARY, "seed": seed,
               "text": TEXT_SOURCES, "data": DATA_VERSION, "ropekit": __version__, "torch": torch.__version__}
     stamp = hashlib.sha1(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return cache_dir() / "lab" / f"{budget.name}-seed{seed}-{stamp}"

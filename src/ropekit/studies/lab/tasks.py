@@ -1,8 +1,9 @@
-"""The lab's two evaluation tasks, ``lab-passkey`` and ``lab-kv``: items from :mod:`ropekit.studies.lab.data`'s
-generators (evaluation split), scored by teacher forcing like the suite's passkey/kv, with the accuracy by key length,
-by depth, over the middle third and over the needles beyond the native window (``far``).
+"""The lab's evaluation tasks, ``lab-passkey``, ``lab-kv`` and ``lab-bind`` (key–value retrieval among near-miss
+keys, with numbers in the haystack): items from :mod:`ropekit.studies.lab.data`'s generators (evaluation split),
+scored by teacher forcing like the suite's passkey/kv, with the accuracy by key length, by depth, over the middle
+third and over the needles beyond the native window (``far``).
 
-Importing this module registers both tasks in the evaluation task registry (:func:`ropekit.eval.tasks.register`);
+Importing this module registers the tasks in the evaluation task registry (:func:`ropekit.eval.tasks.register`);
 ``import ropekit.studies.lab`` imports it, so the tasks exist whenever the lab does.
 """
 
@@ -12,7 +13,7 @@ import random
 
 from ...eval.scoring import score_answers
 from ...eval.tasks import Task, evenly_spaced, register
-from .data import check_lab_tokenizer, kv_sequence, passkey_sequence
+from .data import bind_sequence, check_lab_tokenizer, kv_sequence, passkey_sequence
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -79,6 +80,39 @@ def run_lab_kv(model, tokenizer, lengths, seed: int = 0, progress: bool = True, 
     return out
 
 
+def run_lab_bind(model, tokenizer, lengths, seed: int = 0, progress: bool = True, pairs: int = 8, near: int = 4, symbols: int = 2,
+                 min_digits: int = 1, max_digits: int = 4, density: float = 0.05, filler: str = "phrase", trials: int = 12,
+                 batch_size: int = 12) -> dict:
+    """Binding accuracy per length (:func:`~ropekit.studies.lab.data.bind_sequence`: ``pairs`` pairs of
+    ``symbols``-symbol keys, ``near`` of them near misses of the asked key, numbers in the haystack at ``density``):
+    ``trials`` items per gold slot, in slot-major order; ``positions``, ``middle_third`` and ``far`` as for lab-kv.
+    ``lured``: the share of items whose first predicted digit is a near-miss value's first digit (not the gold's) —
+    the wrong answers that took a near miss's value."""
+    from tqdm.auto import tqdm
+
+    check_lab_tokenizer(tokenizer, "lab-bind")
+    out = {}
+    for length in tqdm(list(lengths), desc="lab-bind", disable=not progress, leave=False):
+        items = [bind_sequence(random.Random(f"lab-eval-bind-{seed}-{length}-{g}-{t}"), length, "eval", pairs=pairs, near=near,
+                               symbols=symbols, gold=g, min_digits=min_digits, max_digits=max_digits, density=density, filler=filler)
+                 for g in range(pairs) for t in range(trials)]
+        # the slots' keys and values stay out of the samples (results.json); only the near misses' first digits matter
+        lures = [{tokenizer.decode(v[:1]) for v, kind in zip(s.pop("values"), s.pop("kinds")) if kind == "near"} - {tokenizer.decode(s["answer"][:1])}
+                 for s in items]
+        for s in items:
+            s.pop("keys")
+        rows = _score(model, tokenizer, items, batch_size)
+        for row, lure in zip(rows, lures):
+            row["lured"] = not row["correct"] and row["predicted"][:1] in lure
+        depths = evenly_spaced(pairs)
+        positions = {str(d): _percent([r["correct"] for r in rows if r["gold"] == g]) for g, d in enumerate(depths)}
+        out[length] = {"score": _percent([r["correct"] for r in rows]), "n": len(rows), "positions": positions,
+                       "middle_third": _percent([r["correct"] for r in rows if middle_third(r["depth"])]),
+                       "middle_n": sum(middle_third(r["depth"]) for r in rows), **_far(model, rows),
+                       "lured": _percent([r["lured"] for r in rows]), "samples": rows}
+    return out
+
+
 def _percent(flags: list[bool]) -> float:
     return 100.0 * sum(flags) / len(flags) if flags else 0.0
 
@@ -87,3 +121,7 @@ register(Task("lab-passkey", "lab pass key: 1–5 digits after <key> in a repeat
               "accuracy %", True, run_lab_passkey, {"trials": 100, "batch_size": 10}))
 register(Task("lab-kv", "lab key–value retrieval: 9 pairs at evenly spaced depths, one asked (lab tokenizer only)",
               "accuracy %", True, run_lab_kv, {"pairs": 9, "trials": 12, "batch_size": 12}))
+register(Task("lab-bind", "lab binding: 8 pairs of two-symbol keys, 4 near misses of the asked key, numbers in the haystack "
+              "(lab tokenizer only)", "accuracy %", True, run_lab_bind,
+              {"pairs": 8, "near": 4, "symbols": 2, "min_digits": 1, "max_digits": 4, "density": 0.05, "filler": "phrase",
+               "trials": 12, "batch_size": 12}))
