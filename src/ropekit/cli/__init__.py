@@ -100,8 +100,12 @@ def export(model: str = typer.Argument(..., help="checkpoint directory (e.g. fro
         say("wrote", f"{frequency_only} (plain transformers, no custom code)")
         return
     from ..export.gguf import export_gguf
+    from ..models import resolve_source
 
-    summary = export_gguf(model, gguf, dtype=dtype, overwrite=overwrite)
+    kind, directory = resolve_source(model)  # the embedded default's alias becomes its cached directory
+    if kind != "dir":
+        raise RopekitError(f"{model} is not a checkpoint directory", "export from a directory written by ropekit or save_pretrained")
+    summary = export_gguf(directory, gguf, dtype=dtype, overwrite=overwrite)
     say("wrote", f"{gguf}  arch={summary['arch']}  context={summary['context_length']}  "
                  f"rope={summary['rope']}  tensors={summary['tensors']}  ({summary['dtype']})")
 

@@ -120,11 +120,14 @@ def permute_for_llama_cpp(weight: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def export_gguf(source: str | Path, output: str | Path, *, dtype: str = "f16", overwrite: bool = False) -> dict:
-    """Write ``source`` (a checkpoint directory, or ``smollm2-135m``) as a GGUF file; returns a summary dict."""
+    """Write the checkpoint directory ``source`` as a GGUF file; returns a summary dict.
+
+    (The CLI's ``ropekit export smollm2-135m --gguf …`` resolves the alias to its cached directory first: this module
+    sits below the model loader and reads the directory with transformers itself.)
+    """
     import gguf
     import numpy as np
-
-    from ..models import load_model, resolve_source
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     output = Path(output).expanduser()
     if output.suffix != ".gguf":
@@ -133,19 +136,25 @@ def export_gguf(source: str | Path, output: str | Path, *, dtype: str = "f16", o
         raise RopekitError(f"{output} exists", "choose a new file name or pass --overwrite")
     if dtype not in DTYPES:
         raise RopekitError(f"unknown GGUF dtype {dtype!r}", "use f16 or f32")
-    kind, directory = resolve_source(source)
-    if kind != "dir":
+    directory = Path(source).expanduser()
+    if not (directory / "config.json").is_file():
         raise RopekitError(f"{source} is not a checkpoint directory", "export from a directory written by ropekit or save_pretrained")
-    config_dict = json.loads((Path(directory) / "config.json").read_text())
+    if not any(directory.glob("*.safetensors")):
+        raise RopekitError(f"{directory} has no .safetensors weights", "save the checkpoint with safetensors (ropekit never loads pickled files)")
+    config_dict = json.loads((directory / "config.json").read_text())
     _check_exportable(config_dict)
-    model, tokenizer = load_model(directory, device="cpu", dtype="float32", restore=False)
-    if tokenizer is None or not getattr(tokenizer, "is_fast", False):
-        raise RopekitError(f"{directory} has no fast (tokenizer.json) tokenizer, which llama.cpp needs", "save the tokenizer with the model")
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    if backend["model"]["type"] != "BPE" or "ByteLevel" not in json.dumps(backend.get("pre_tokenizer")):
-        raise RopekitError("ropekit writes byte-level BPE tokenizers only", "convert sentencepiece models with llama.cpp's convert_hf_to_gguf.py")
-    if not backend["model"].get("merges"):
-        raise RopekitError("the tokenizer has no BPE merges, and llama.cpp needs them", "save a trained BPE tokenizer with the model")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # loading notes are not the user's business here
+    try:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+        except (OSError, ValueError):
+            tokenizer = None
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, use_safetensors=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     config = model.config
     arch = GGUF_ARCH[config.model_type]
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
