@@ -119,14 +119,17 @@ def test_binding_rows_are_off_by_default_and_on_with_their_mix(small_texts):
     assert 40 < two_symbol < 120  # about 40% of the rows are binding rows
 
 
-def test_with_bind_is_the_switch_and_leaves_the_budgets_alone():
-    default = rows.BUDGETS["default"]
-    bound = rows.with_bind(default)
-    assert bound.name == "default-bind" and bound.pretrain.mix == data.BIND_MIX and bound.extend_schedule(512).mix == data.BIND_MIX
-    assert bound.tasks["lab-bind"] == rows.BIND_TASK and {k: v for k, v in bound.tasks.items() if k != "lab-bind"} == default.tasks
-    assert "lab-bind" not in default.tasks and default.pretrain.mix.bind == 0 and rows.BUDGETS["quick"].pretrain.mix.bind == 0
-    assert rows.pretrained_dir(bound, lab.Shape(), 0) != rows.pretrained_dir(default, lab.Shape(), 0)
-    assert rows.with_bind(rows.BUDGETS["quick"], task={"trials": 2}).tasks["lab-bind"] == {"trials": 2}
+def test_with_bind_is_the_switch_and_the_default_budget_binds():
+    quick = rows.BUDGETS["quick"]
+    bound = rows.with_bind(quick)
+    assert bound.name == "quick-bind" and bound.pretrain.mix == data.BIND_MIX and bound.extend_schedule(512).mix == data.BIND_MIX
+    assert bound.tasks["lab-bind"] == rows.BIND_TASK and {k: v for k, v in bound.tasks.items() if k != "lab-bind"} == quick.tasks
+    assert "lab-bind" not in quick.tasks and quick.pretrain.mix.bind == 0  # the smoke run stays the 2-layer model without binding
+    assert rows.pretrained_dir(bound, lab.Shape(), 0) != rows.pretrained_dir(quick, lab.Shape(), 0)
+    assert rows.with_bind(quick, task={"trials": 2}).tasks["lab-bind"] == {"trials": 2}
+    default = rows.BUDGETS["default"]  # the committed table: binding (the main task) on the 4-layer model, 3 seeds, test items
+    assert default.name == "default" and default.pretrain.mix == data.BIND_MIX and default.tasks["lab-bind"] == rows.BIND_TASK
+    assert default.shape.layers >= 4 and default.seeds == (0, 1, 2) and default.items == "test"
 
 
 def test_lab_bind_task_schema_determinism_and_seeds(small_texts):

@@ -120,7 +120,7 @@ def test_run_seed_scores_the_budgets_items_and_records_them(tmp_path, monkeypatc
         budget = replace(lab.BUDGETS["default"], items=items)
         results = lab.run_seed(budget, rows, seed, tmp_path / f"{items}-{seed}", progress=False)
         assert asked[-1][0] == expected and (results["lab"]["items"], results["lab"]["eval_seed"]) == (items, expected)
-    assert asked[-1][1][1] == ("eabf", "eabf", {"layers": "all", "theta_factor": 50.0})  # ABF's base by the rule at 4×
+    assert asked[-1][1][1] == ("eabf", "eabf", {"theta_factor": 50.0})  # ABF's base by the rule at 4×; the paper's layers
     assert results["lab"]["configured"]["eabf"]["range"].startswith("up to 4× (512 tokens), θ ×50")
 
 
@@ -235,3 +235,28 @@ def test_lab_markdown_has_the_robustness_table_and_the_intervals():
     assert "### Against the fine-tuned control" in claims and "### The lab's own requirements" in claims
     undecided = md.split("## What this scale cannot decide")[1]
     assert "EABF's layer rule" in undecided and "ceiling: ft-abf scores 100%" in undecided
+
+
+def test_layer_rule_is_paired_on_a_deeper_model(monkeypatch):
+    """On the 4-layer model the layer rule is an ordinary paired claim: the paper's rule (ft-eabf) against every layer
+    scaled (ft-eabf-all), and the probe-chosen layers against the paper's."""
+    import ropekit.studies.lab as lab_package
+
+    monkeypatch.setitem(ARMS, "ft-eabf-all", "target")
+    monkeypatch.setitem(ARMS, "ft-eabf-entropy", "target")
+    same = {"lab-passkey": [(70, "eabf-pk-0"), (70, "eabf-pk-1"), (70, "eabf-pk-2")]}
+    specs = {"ft-eabf": same, "ft-eabf-entropy": same, "ft-eabf-all": {"lab-passkey": [30, 35, 25]}}
+    results = per_seed(specs)
+    for result in results:
+        result["lab"]["shape"]["layers"] = 4
+    checks = lab_package.claim_checks(results)
+    worse = find(checks, "eabf-layers", "ft-eabf", "ft-eabf-all", "pass key")  # 70 vs ~30: the paper's rule is not worse
+    assert worse["verdict"] == "confirmed" and worse["relation"] == "at_least"
+    probe = find(checks, "eabf-entropy~paper", "ft-eabf-entropy", "ft-eabf", "pass key")  # identical outcomes
+    assert probe["verdict"] == "confirmed" and probe["group"] == "ropekit"
+    assert not any(c.get("key") == "eabf-layers" and c["verdict"] == "not decidable here" for c in checks)
+    flipped = [dict(r, runs=[dict(run, label={"ft-eabf": "ft-eabf-all", "ft-eabf-all": "ft-eabf"}.get(run["label"], run["label"]))
+                             for run in r["runs"]]) for r in results]
+    assert find(lab_package.claim_checks(flipped), "eabf-layers", "ft-eabf", "ft-eabf-all", "pass key")["verdict"] == "refuted"
+    text = lab_package.lab_markdown(lab_package.combine(results), checks)
+    assert "ropekit's own rule" in text and "ft-eabf-entropy" in text

@@ -97,7 +97,8 @@ def study(preset: str = typer.Option("smollm2-64k", help="smollm2-64k (one GPU) 
 @friendly
 def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help="directory; re-running resumes"),
         quick: bool = typer.Option(False, "--quick", help="about 3 minutes on 2 CPU cores: shorter pre-training, 5 rows, lengths 1×–4×"),
-        seeds: str = typer.Option("0", help="pre-training seeds, e.g. 0,1,2 (each is a full lab; tables show the spread)"),
+        seeds: Optional[str] = typer.Option(None, help="pre-training seeds, e.g. 0,1,2 (each is a full lab; tables show the mean and "
+                                            "the spread; default 0,1,2, --quick 0)"),
         rows: Optional[str] = typer.Option(None, help="comma-separated row labels (default: the budget's rows)"),
         device: str = typer.Option("auto"),
         items: Optional[str] = typer.Option(None, "--items", help="evaluation items: dev (design runs; --quick's default) or test "
@@ -111,10 +112,10 @@ def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help=
 
     if list_rows:
         for row in get_rows():
-            console.print(f"  {row.label:<12} {row.method:<12} {ARMS[row.arm]:<29} {row.strategy}", highlight=False)
+            console.print(f"  {row.label:<16} {row.method:<12} {ARMS[row.arm]:<29} {row.strategy}", highlight=False)
         return
     try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        seed_list = None if seeds is None else [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise RopekitError(f"--seeds {seeds!r} is not a list of integers", "write e.g. --seeds 0,1,2") from None
     results = run_lab(output, quick=quick, seeds=seed_list, rows=[r.strip() for r in (rows or "").split(",") if r.strip()] or None,

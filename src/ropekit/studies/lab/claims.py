@@ -102,6 +102,14 @@ CLAIMS = (
           "at_least", gain=False),
     Claim("yarn>pi", "training-free YaRN > PI at the target", "Peng et al. 2023 (YaRN), arXiv 2309.00071", (("yarn", "pi"),), "better"),
 )
+# EABF's layer rule needs a model with more than 2 layers (the default budget's, :data:`~ropekit.studies.lab.model.DEEP`)
+LAYER_CLAIMS = (
+    Claim("eabf-layers", "EABF's layer rule (layers 0–1 unscaled, the paper) ≥ scaling every layer (the reference code)",
+          f"{EABF_PAPER}, §3 and Figure 1; the reference code scales all layers", (("ft-eabf", "ft-eabf-all"),), "at_least", gain=False),
+    Claim("eabf-entropy~paper", "ropekit's probe-chosen layers (layers='entropy') ≈ the paper's rule",
+          "ropekit: the entropy probe reproduces the paper's observation (docs/methods.md)", (("ft-eabf-entropy", "ft-eabf"),),
+          "at_least", gain=False, group="ropekit"),
+)
 CONTROL = "ft-control"
 CONTROL_SOURCE = "lab: a trained method that does not beat the fine-tuned control (RoPE unchanged, same budget) has shown nothing"
 LAYER_RULE = ("EABF's layer rule: layers 0–1 keep t = 1, the logit scale acts in layers ≥ 2", f"{EABF_PAPER}, §3 and Figure 1")
@@ -302,19 +310,21 @@ def claim_checks(per_seed: list[dict] | dict) -> list[dict]:
     labels = {r["label"] for r in per_seed[0]["runs"]}
     factor = info["budget"].get("factor", 4)
     checks = requirements(per_seed)
-    if {"ft-eabf", "eabf"} & labels:
-        layers = info["shape"].get("layers", 2)
-        if layers <= 2:
-            verdict, reason = "not decidable here", (f"the lab model has {layers} layers: with layers 0–1 unscaled EABF scales "
-                                                     "nothing and equals ABF, so the EABF rows scale every layer (as the reference code does)")
-        else:
-            verdict, reason = "not run", "needs an EABF row with the paper's layer rule (layers='auto') beside ft-eabf"
-        checks.append({"group": "paper", "key": "eabf-layers", "claim": LAYER_RULE[0], "source": LAYER_RULE[1], "verdict": verdict,
-                       "reason": reason, "evidence": reason})
+    layers = info["shape"].get("layers", 2)
+    layer_claims = LAYER_CLAIMS if layers > 2 else ()
+    if {"ft-eabf", "eabf"} & labels and layers <= 2:
+        reason = (f"the lab model has {layers} layers: with layers 0–1 unscaled EABF scales nothing and equals ABF "
+                  "(the default budget's model has 4 layers)")
+        checks.append({"group": "paper", "key": "eabf-layers", "claim": LAYER_RULE[0], "source": LAYER_RULE[1],
+                       "verdict": "not decidable here", "reason": reason, "evidence": reason})
+    elif layers > 2 and "ft-eabf" in labels and "ft-eabf-all" not in labels:
+        reason = "needs the ft-eabf-all row (every layer scaled) beside ft-eabf"
+        checks.append({"group": "paper", "key": "eabf-layers", "claim": LAYER_RULE[0], "source": LAYER_RULE[1],
+                       "verdict": "not run", "reason": reason, "evidence": reason})
     if factor not in info["budget"]["multiples"]:
         return checks
     tasks = evaluated(per_seed)
-    for claim in (*CLAIMS, *control_claims(info["arms"])):
+    for claim in (*CLAIMS, *layer_claims, *control_claims(info["arms"])):
         for a, b in claim.pairs:
             if {a, b} <= labels:
                 checks += [paired_row(per_seed, claim, a, b, metric, factor) for metric in claim.metrics if metric.task in tasks]

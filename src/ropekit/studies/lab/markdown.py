@@ -167,6 +167,7 @@ def lab_markdown(results: dict, checks: list[dict]) -> str:
     if not any(c["group"] in ("paper", "control") for c in checks):
         lines += ["No claim has both of its rows in this run.", ""]
     lines += _claims(checks, "paper", "The papers' claims")
+    lines += _claims(checks, "ropekit", "ropekit's own rule")
     lines += _claims(checks, "control", "Against the fine-tuned control (RoPE unchanged, same budget)", f"Source: {CONTROL_SOURCE}.")
     lab_rows = [c for c in checks if c["group"] == "lab"]
     if lab_rows:

@@ -42,6 +42,13 @@ class Shape:
     theta: float = 200.0
 
 
+# The deeper lab model (issue: "EABF's layer rule becomes testable"): 4 layers, so the paper's rule (layers 0–1
+# unscaled, the logit scale in layers 2–3) differs from scaling all layers and from ABF. Narrower (hidden 96, 3 heads
+# of head_dim 32 — the 2-layer model's head_dim, so RoPE's spectrum and θ's choice carry over) at about the 2-layer
+# model's cost: 4·(4·96² + 3·96·384) = 590K weights in the blocks against 2·(4·128² + 3·128·512) = 524K (×1.13).
+DEEP = Shape(hidden=96, layers=4, heads=3, intermediate=384)
+
+
 def lab_model(shape: Shape, seed: int):
     """A freshly initialised ``LlamaForCausalLM`` of ``shape`` over the lab vocabulary (fp32, SDPA attention)."""
     from transformers import AutoModelForCausalLM, LlamaConfig

@@ -17,11 +17,12 @@ from .model import Shape
 from .rows import BUDGETS, ITEM_SETS, combine, evaluation_seed, get_rows, run_seed
 
 
-def lab(output: str | Path = "ropekit-lab", quick: bool = False, seeds: tuple[int, ...] | list[int] = (0,), rows: list[str] | None = None,
-        device: str = "auto", progress: bool = True, shape: Shape = Shape(), items: str | None = None) -> dict:
+def lab(output: str | Path = "ropekit-lab", quick: bool = False, seeds: tuple[int, ...] | list[int] | None = None, rows: list[str] | None = None,
+        device: str = "auto", progress: bool = True, shape: Shape | None = None, items: str | None = None) -> dict:
     """Run (or resume) the lab; returns the combined results, also written to ``output/results.json`` with the
     report (``report.md``/``report.html``) and ``output/lab.md`` (tables with the spread over seeds, the papers'
     claims checked). One directory per pre-training seed (``output/seed-<k>``) holds that seed's own results.
+    ``seeds``: the pre-training seeds (None: the budget's — 0, 1, 2 for the default, 0 for ``quick``).
     ``items``: the evaluation item set, ``dev`` or ``test`` (None: the budget's — dev for ``quick``, test for the
     default; :func:`ropekit.studies.lab.rows.evaluation_seed`); a directory keeps the item set it started with."""
     budget = BUDGETS["quick" if quick else "default"]
@@ -29,8 +30,10 @@ def lab(output: str | Path = "ropekit-lab", quick: bool = False, seeds: tuple[in
         if items not in ITEM_SETS:
             raise RopekitError(f"unknown item set {items!r}", f"choose one of: {', '.join(ITEM_SETS)}")
         budget = replace(budget, items=items)
+    if shape is not None:
+        budget = replace(budget, shape=shape)
     chosen = get_rows(rows or list(budget.rows or []))
-    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    seeds = list(dict.fromkeys(int(s) for s in (budget.seeds if seeds is None else seeds)))
     if not seeds:
         raise RopekitError("no seed given", "pass e.g. --seeds 0,1,2")
     for seed in seeds:
@@ -48,7 +51,7 @@ def lab(output: str | Path = "ropekit-lab", quick: bool = False, seeds: tuple[in
                                "choose another --output, or run with the same item set to resume it")
     out.mkdir(parents=True, exist_ok=True)
     (out / "lab.json").write_text(json.dumps({"budget": budget.name, "items": budget.items, "seeds": seeds, "rows": [r.label for r in chosen]}))
-    per_seed = [run_seed(budget, chosen, seed, out / f"seed-{seed}", device, progress, shape) for seed in seeds]
+    per_seed = [run_seed(budget, chosen, seed, out / f"seed-{seed}", device, progress) for seed in seeds]
     combined = combine(per_seed)
     from ..report import render
 
