@@ -1,12 +1,13 @@
 """``ropekit lab``: every method's claim tested end to end on a CPU — a small RoPE model trained from scratch at a
-short native window, then extended 4× with every method under one budget and evaluated at 1×–16×.
+short native window, then extended 4× with every method under one budget and evaluated at 1×–8×.
 
 Length-generalisation research answers "does this position scheme work beyond the window?" with small models trained
 from scratch on tasks that need long-range retrieval (Ruoss et al. 2023 randomized positions; PoSE's and CREAM's own
 ablations). The lab does the same with ropekit's own pieces, so it also checks them end to end:
 
-1. **Pre-train** (cached under ``$ROPEKIT_CACHE/lab``): a 2-layer Llama (:class:`Shape`) learns a character-level
-   mix of natural text (Shakespeare), pass-key sequences and key–value sequences at a native window of 128 tokens,
+1. **Pre-train** (cached under ``$ROPEKIT_CACHE/lab``): a small Llama (:class:`Shape`: 4 layers for the default
+   budget, :data:`~ropekit.studies.lab.model.DEEP`; 2 for ``--quick``) learns a character-level mix of natural text
+   (Shakespeare), pass-key, key–value and (default budget) binding sequences at a native window of 128 tokens,
    on the transformers ``Trainer`` through ropekit's training components (:class:`ropekit.training.trainer.TrainingSet`,
    :class:`~ropekit.training.trainer.RopekitTrainer`, :class:`~ropekit.training.trainer.LossLog`). A second run loads the cache.
 2. **Extend** the pre-trained model to 4× with every row of :data:`ROWS` — training-free, fine-tuned at 4×, or
@@ -14,19 +15,21 @@ ablations). The lab does the same with ropekit's own pieces, so it also checks t
    and the same training components; every trained row gets the same number of tokens and optimizer steps, and
    every method is configured for the target (:func:`configured_params`: ABF's base by :func:`abf_theta_factor`).
 3. **Evaluate** every row with the task registry and the resumable runner (:func:`ropekit.eval.runner.evaluate`) at
-   1×, 2×, 4×, 8× and 16× the native window — pass key, key–value retrieval by depth (the middle third reported
-   apart) and perplexity — on one item set (:func:`evaluation_seed`: ``dev`` for design and ``--quick``, ``test``,
+   1×, 2×, 4× and 8× the native window (``--quick``: 1×–4×) — binding (the main task), pass key, key–value
+   retrieval by depth (the middle third reported apart) and perplexity — on one item set (:func:`evaluation_seed`: ``dev`` for design and ``--quick``, ``test``,
    one set per pre-training seed, for the default), and render the usual report; ``lab.md`` checks the papers'
    claims (:data:`CLAIMS`) at the target with paired verdicts, the lengths beyond it in a robustness table.
 
 **Tokenizer and tasks.** A model this small does not transfer to a prompt format it never saw, so the lab has its
 own character-level tokenizer (:func:`lab_tokenizer`: lower-case letters, punctuation, digits, 26 key symbols
-``<A>``–``<Z>`` and marker tokens) and its own two retrieval tasks, registered in the evaluation task registry as
-``lab-passkey`` and ``lab-kv``. Training sequences and evaluation prompts share these templates:
+``<A>``–``<Z>`` and marker tokens) and its own three retrieval tasks, registered in the evaluation task registry as
+``lab-passkey``, ``lab-kv`` and ``lab-bind``. Training sequences and evaluation prompts share these templates:
 
 * pass key — ``<s> haystack… <key> d1..dk …haystack <query> <answer> d1..dk`` (k = 1–5 digits, distinct);
 * key–value — ``<s> haystack… <K1> value1 …haystack… <K9> value9 …haystack <query> <Kg> <answer> value_g``
   (values of 1–4 distinct digits; pairs at evenly spaced depths, the asked pair's depth is reported);
+* binding — key–value with two-symbol keys (``<A><B> 714``), some pairs near misses of the asked key, and numbers
+  scattered through the haystack (:func:`~ropekit.studies.lab.data.bind_sequence`);
 
 where the haystack is one random phrase of 8–24 characters repeated (the shape of the usual "the grass is green"
 filler). What never matches between training and evaluation:
