@@ -105,8 +105,9 @@ def lab(output: Path = typer.Option(Path("ropekit-lab"), "--output", "-o", help=
                                             "(the committed table; the default budget's), drawn apart for each pre-training seed"),
         list_rows: bool = typer.Option(False, "--list", help="print the rows and exit")):
     """Train a small RoPE model from scratch (cached), extend it 4× with every method under one budget, and check
-    each method's claim with pass key, key-value retrieval and perplexity at 1×-16× its window (docs/lab.md).
-    About 25 minutes on 2 idle CPU cores (measured, docs/lab.md); --quick about 3."""
+    each method's claim with binding, pass key, key-value retrieval and perplexity at 1×-8× its window
+    (docs/lab.md). Three pre-training seeds: 63 minutes on 2 idle CPU cores (measured, docs/lab.md), about 21 per
+    seed (--seeds 0); --quick about 3."""
     from ..studies.lab import ARMS, get_rows
     from ..studies.lab import lab as run_lab
 

@@ -1,0 +1,94 @@
+"""docs/lab.md says what the committed default lab measured: every number and verdict it quotes is tagged with the
+cell or claim of docs/results/lab/default/results.json it comes from, and this test reads them back.
+
+Tags (HTML comments, invisible when rendered), each right after the value it names:
+``<!-- r: LABEL;TASK;MULTIPLE;KEY -->`` a cell's seed mean (``KEY`` score, far, middle_third), rounded as printed;
+``<!-- v: CLAIM;A;B;METRIC -->`` a paired claim row's verdict; ``<!-- l: I -->`` the I-th lab requirement's verdict;
+``<!-- s: SEED;STAGE -->`` seconds of wall time (``SEED`` a pre-training seed or ``all``; ``STAGE`` total,
+pretrain, rows, evaluate). The committed run's own lab.md must also be what :func:`lab_markdown` renders from its
+results.json, so the tables and the claims can never drift from the numbers.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "lab.md"
+RUN = ROOT / "docs" / "results" / "lab" / "default"
+NUMBER = r"(-?[\d,]+(?:\.\d+)?)"
+VERDICT = r"\*\*(confirmed|refuted|tie|not decidable here|not run|partly)\*\*"
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    return json.loads((RUN / "results.json").read_text())
+
+
+def _cell(results, label, task, multiple, key):
+    native = results["lab"]["shape"]["native"]
+    run = next(r for r in results["runs"] if r["label"] == label)
+    return run["results"][task][str(int(multiple) * native)][key]
+
+
+def _seconds(results, seed, stage):
+    seeds = [s for s in results["lab"]["seeds"] if seed == "all" or str(s["seed"]) == seed]
+    assert seeds, f"no pre-training seed {seed}"
+    pick = {"total": lambda s: s["seconds"], "pretrain": lambda s: s["stages"]["pretrain"]["seconds"],
+            "rows": lambda s: sum(v["seconds"] for v in s["stages"]["extend"].values()),
+            "evaluate": lambda s: s["stages"]["evaluate"]["seconds"]}[stage]
+    return sum(pick(s) for s in seeds)
+
+
+def test_the_committed_default_is_three_seeds_on_test_items(results):
+    info = results["lab"]
+    assert info["items"] == "test"
+    assert len(info["seeds"]) >= 3
+    assert len({s["eval_seed"] for s in info["seeds"]}) == len(info["seeds"])  # independent items per seed
+    assert info["shape"]["layers"] > 2  # the layer rule is decidable
+    paired = [c for c in results["claims"] if c["group"] in ("paper", "ropekit")]
+    assert paired and all(c["verdict"] in ("confirmed", "refuted", "tie", "not decidable here") for c in paired)
+
+
+def test_every_number_lab_md_quotes_is_the_files(results):
+    text = DOC.read_text()
+    checked = 0
+    for value, tag in re.findall(NUMBER + r" <!-- r: (.*?) -->", text):
+        label, task, multiple, key = tag.split(";")
+        expected = _cell(results, label, task, multiple, key)
+        digits = len(value.split(".")[1]) if "." in value else 0
+        assert float(value.replace(",", "")) == pytest.approx(round(expected, digits), abs=1e-9), f"{tag}: docs say {value}, results.json {expected}"
+        checked += 1
+    for value, tag in re.findall(NUMBER + r" <!-- s: (.*?) -->", text):
+        seed, stage = tag.split(";")
+        assert float(value.replace(",", "")) == pytest.approx(round(_seconds(results, seed, stage)), abs=0.5), tag
+        checked += 1
+    assert checked >= 10, "docs/lab.md should quote the default lab's numbers with their tags"
+    assert "{{" not in text, "an unfilled placeholder is left in docs/lab.md"
+
+
+def test_every_verdict_lab_md_quotes_is_the_files(results):
+    text = DOC.read_text()
+    checked = 0
+    for verdict, tag in re.findall(VERDICT + r" <!-- v: (.*?) -->", text):
+        key, a, b, metric = tag.split(";")
+        rows = [c for c in results["claims"] if (c.get("key"), c.get("a"), c.get("b"), c.get("metric")) == (key, a, b, metric)]
+        assert len(rows) == 1, f"{tag}: {len(rows)} claim rows"
+        assert rows[0]["verdict"] == verdict, f"{tag}: docs say {verdict}, results.json {rows[0]['verdict']}"
+        checked += 1
+    requirements = [c for c in results["claims"] if c["group"] == "lab"]
+    for verdict, index in re.findall(VERDICT + r" <!-- l: (\d+) -->", text):
+        assert requirements[int(index)]["verdict"] == verdict, f"requirement {index}"
+        checked += 1
+    assert checked >= 5
+
+
+def test_the_committed_lab_md_is_rendered_from_its_results(results):
+    from ropekit.studies.lab.markdown import lab_markdown
+
+    def body(text):  # the machine line names the CPU this test runs on, not the one the lab ran on
+        return [line for line in text.splitlines() if not line.startswith("- machine:")]
+
+    assert body((RUN / "lab.md").read_text()) == body(lab_markdown(results, results["claims"]))
