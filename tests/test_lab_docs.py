@@ -65,6 +65,7 @@ def test_every_number_lab_md_quotes_is_the_files(results):
         seed, stage = tag.split(";")
         assert float(value.replace(",", "")) == pytest.approx(round(_seconds(results, seed, stage)), abs=0.5), tag
         checked += 1
+    assert checked == len(re.findall(r"<!-- [rs]: ", text)), "a number tag in docs/lab.md does not follow a number"
     assert checked >= 10, "docs/lab.md should quote the default lab's numbers with their tags"
     assert "{{" not in text, "an unfilled placeholder is left in docs/lab.md"
 
@@ -82,6 +83,7 @@ def test_every_verdict_lab_md_quotes_is_the_files(results):
     for verdict, index in re.findall(VERDICT + r" <!-- l: (\d+) -->", text):
         assert requirements[int(index)]["verdict"] == verdict, f"requirement {index}"
         checked += 1
+    assert checked == len(re.findall(r"<!-- [vl]: ", text)), "a verdict tag in docs/lab.md does not follow a **verdict**"
     assert checked >= 5
 
 
