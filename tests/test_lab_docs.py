@@ -94,3 +94,24 @@ def test_the_committed_lab_md_is_rendered_from_its_results(results):
         return [line for line in text.splitlines() if not line.startswith("- machine:")]
 
     assert body((RUN / "lab.md").read_text()) == body(lab_markdown(results, results["claims"]))
+
+
+def test_every_table_in_lab_md_has_its_header_and_each_verdict_sits_under_its_metric():
+    """A table whose header row is missing or stands apart renders as plain text; a verdict under the wrong column
+    header reads as another metric's verdict."""
+    lines = DOC.read_text().splitlines()
+    verdicts = 0
+    for i, line in enumerate(lines):
+        if not re.fullmatch(r"\|(?:-+\|)+", line.strip()):
+            continue
+        header = [c.strip() for c in lines[i - 1].strip().strip("|").split("|")]
+        assert lines[i - 1].startswith("|") and len(header) == line.count("|") - 1, \
+            f"docs/lab.md line {i + 1}: a table without its header row"
+        for row in lines[i + 1:]:
+            if not row.startswith("|"):
+                break
+            for column, cell in enumerate(row.strip().strip("|").split("|")):
+                for metric in re.findall(r"<!-- v: [^;]*;[^;]*;[^;]*;(.*?) -->", cell):
+                    assert header[column] == metric, f"docs/lab.md: a {metric} verdict under the column {header[column]!r}"
+                    verdicts += 1
+    assert verdicts == len(re.findall(r"<!-- v: ", "\n".join(lines))), "a verdict tag in docs/lab.md sits outside a table"
