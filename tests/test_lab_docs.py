@@ -1,11 +1,14 @@
 """docs/lab.md says what the committed default lab measured: every number and verdict it quotes is tagged with the
 cell or claim of docs/results/lab/default/results.json it comes from, and this test reads them back.
 
-Tags (HTML comments, invisible when rendered), each right after the value it names:
-``<!-- r: LABEL;TASK;MULTIPLE;KEY -->`` a cell's seed mean (``KEY`` score, far, middle_third), rounded as printed;
-``<!-- v: CLAIM;A;B;METRIC -->`` a paired claim row's verdict; ``<!-- l: I -->`` the I-th lab requirement's verdict;
+Tags (HTML comments, invisible when rendered), each right after the value it names, every number rounded as printed:
+``<!-- r: LABEL;TASK;MULTIPLE;KEY -->`` a cell's seed mean (``KEY`` score, far, middle_third) or, as ``KEY.I``
+(seeds, far_seeds, middle_seeds), pre-training seed I's own value;
+``<!-- d: CLAIM;A;B;METRIC;FIELD -->`` a paired accuracy claim's pooled ``FIELD`` (mean_a, mean_b, diff, low, high)
+in points; ``<!-- p: SEED;TASK -->`` the last point of a pre-training seed's learning curve (passkey, kv);
 ``<!-- s: SEED;STAGE -->`` seconds of wall time (``SEED`` a pre-training seed or ``all``; ``STAGE`` total,
-pretrain, rows, evaluate). The committed run's own lab.md must also be what :func:`lab_markdown` renders from its
+pretrain, rows, evaluate);
+``<!-- v: CLAIM;A;B;METRIC -->`` a paired claim row's verdict; ``<!-- l: I -->`` the I-th lab requirement's verdict. The committed run's own lab.md must also be what :func:`lab_markdown` renders from its
 results.json, so the tables and the claims can never drift from the numbers.
 """
 
@@ -18,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "lab.md"
 RUN = ROOT / "docs" / "results" / "lab" / "default"
-NUMBER = r"(-?[\d,]+(?:\.\d+)?)"
+NUMBER = r"([+−-]?[\d,]+(?:\.\d+)?)"  # signed as the docs print differences: +9.3, −16.0
 VERDICT = r"\*\*(confirmed|refuted|tie|not decidable here|not run|partly)\*\*"
 
 
@@ -30,7 +33,26 @@ def results() -> dict:
 def _cell(results, label, task, multiple, key):
     native = results["lab"]["shape"]["native"]
     run = next(r for r in results["runs"] if r["label"] == label)
-    return run["results"][task][str(int(multiple) * native)][key]
+    key, _, seed = key.partition(".")
+    value = run["results"][task][str(int(multiple) * native)][key]
+    return value[int(seed)] if seed else value
+
+
+def _claim(results, key, a, b, metric):
+    rows = [c for c in results["claims"] if (c.get("key"), c.get("a"), c.get("b"), c.get("metric")) == (key, a, b, metric)]
+    assert len(rows) == 1, f"{key};{a};{b};{metric}: {len(rows)} claim rows"
+    return rows[0]
+
+
+def _pooled(results, key, a, b, metric, field):
+    row = _claim(results, key, a, b, metric)
+    assert row["unit"] == "accuracy", f"{key};{a};{b};{metric}: d tags quote accuracy points"
+    return 100 * row["pooled"][field]
+
+
+def _pretrained(results, seed, task):
+    info = next(s for s in results["lab"]["seeds"] if str(s["seed"]) == seed)
+    return info["pretrain"]["learning_curve"][-1][task]
 
 
 def _seconds(results, seed, stage):
@@ -54,18 +76,15 @@ def test_the_committed_default_is_three_seeds_on_test_items(results):
 
 def test_every_number_lab_md_quotes_is_the_files(results):
     text = DOC.read_text()
+    readers = {"r": _cell, "d": _pooled, "p": _pretrained, "s": _seconds}
     checked = 0
-    for value, tag in re.findall(NUMBER + r" <!-- r: (.*?) -->", text):
-        label, task, multiple, key = tag.split(";")
-        expected = _cell(results, label, task, multiple, key)
+    for value, kind, tag in re.findall(NUMBER + r" <!-- ([rdps]): (.*?) -->", text):
+        expected = readers[kind](results, *tag.split(";"))
         digits = len(value.split(".")[1]) if "." in value else 0
-        assert float(value.replace(",", "")) == pytest.approx(round(expected, digits), abs=1e-9), f"{tag}: docs say {value}, results.json {expected}"
+        printed = float(value.replace(",", "").replace("−", "-"))
+        assert printed == pytest.approx(round(expected, digits), abs=1e-9), f"{kind}: {tag}: docs say {value}, results.json {expected}"
         checked += 1
-    for value, tag in re.findall(NUMBER + r" <!-- s: (.*?) -->", text):
-        seed, stage = tag.split(";")
-        assert float(value.replace(",", "")) == pytest.approx(round(_seconds(results, seed, stage)), abs=0.5), tag
-        checked += 1
-    assert checked == len(re.findall(r"<!-- [rs]: ", text)), "a number tag in docs/lab.md does not follow a number"
+    assert checked == len(re.findall(r"<!-- [rdps]: ", text)), "a number tag in docs/lab.md does not follow a number"
     assert checked >= 10, "docs/lab.md should quote the default lab's numbers with their tags"
     assert "{{" not in text, "an unfilled placeholder is left in docs/lab.md"
 
@@ -74,10 +93,8 @@ def test_every_verdict_lab_md_quotes_is_the_files(results):
     text = DOC.read_text()
     checked = 0
     for verdict, tag in re.findall(VERDICT + r" <!-- v: (.*?) -->", text):
-        key, a, b, metric = tag.split(";")
-        rows = [c for c in results["claims"] if (c.get("key"), c.get("a"), c.get("b"), c.get("metric")) == (key, a, b, metric)]
-        assert len(rows) == 1, f"{tag}: {len(rows)} claim rows"
-        assert rows[0]["verdict"] == verdict, f"{tag}: docs say {verdict}, results.json {rows[0]['verdict']}"
+        row = _claim(results, *tag.split(";"))
+        assert row["verdict"] == verdict, f"{tag}: docs say {verdict}, results.json {row['verdict']}"
         checked += 1
     requirements = [c for c in results["claims"] if c["group"] == "lab"]
     for verdict, index in re.findall(VERDICT + r" <!-- l: (\d+) -->", text):
